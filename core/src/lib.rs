@@ -1,0 +1,11 @@
+//! Tessera's sans-IO core: the MySQL protocol, client sessions, backend
+//! logins and response tracking, as state machines that take bytes and time
+//! in and hand actions out. No sockets, clocks, threads or async runtime.
+
+pub mod auth;
+pub mod backend;
+pub mod config;
+pub mod protocol;
+pub mod session;
+
+pub use session::{Output, Session, SessionContext, StatementRecord};

@@ -1,0 +1,1452 @@
+//! One client connection as a sans-IO state machine: handshake and
+//! authentication, then commands forwarded to an attached backend connection
+//! whose responses stream back untouched.
+//!
+//! The driver feeds bytes and events in (`handle_*`) and drains
+//! [`Output`]s after every input. Time comes in as `now`; the session never
+//! reads a clock and draws no randomness of its own.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use mysql_common::collations::{Collation, CollationId};
+use mysql_common::constants::{CapabilityFlags, StatusFlags};
+use mysql_common::io::ParseBuf;
+use mysql_common::packets::{AuthSwitchRequest, HandshakePacket, HandshakeResponse};
+use mysql_common::proto::MySerialize;
+
+use crate::auth::{AuthMethod, RsaKey, Sha2Cache};
+use crate::backend::{BackendMeta, Interest, ResponseKind, ResponseScanner, Step};
+use crate::config::User;
+use crate::protocol::{self, cmd, code, err_payload, ok_payload, sql_state_for, FrameError, FrameReader, Packet};
+
+/// Everything sessions share: users, auth material, limits. Immutable; a
+/// reload swaps in a new one for new sessions.
+#[derive(Debug)]
+pub struct SessionContext {
+    pub users: BTreeMap<String, User>,
+    pub sha2_cache: Arc<Sha2Cache>,
+    pub rsa: Option<Arc<RsaKey>>,
+    /// Version string for the greeting (the backend's, unless overridden).
+    pub server_version: String,
+    pub max_allowed_packet: usize,
+    /// Emit a [`StatementRecord`] for every statement (SQL or slow log on).
+    pub record_statements: bool,
+    /// Give up on a backend that does not answer within this long.
+    pub backend_read_timeout: Option<Duration>,
+}
+
+/// What the driver must do next.
+#[derive(Debug)]
+pub enum Output {
+    /// Write these bytes to the client.
+    ToClient(Bytes),
+    /// Write these bytes to the attached backend connection.
+    ToBackend(Bytes),
+    /// Attach a backend connection (answer with `backend_attached` or
+    /// `backend_unavailable`).
+    AcquireBackend,
+    /// Detach the backend connection: back to the pool (reset before reuse)
+    /// if `reusable`, else close it.
+    ReleaseBackend { meta: BackendMeta, reusable: bool },
+    /// Kill another session's statement or connection (answer with `kill_done`).
+    Kill { connection_id: u32, query_only: bool },
+    /// A statement finished (only with `record_statements`).
+    Statement(StatementRecord),
+    /// Close the client connection (after writing what came before).
+    Close,
+}
+
+/// A finished statement, for the SQL log and the slow log.
+#[derive(Debug, Clone)]
+pub struct StatementRecord {
+    pub user: String,
+    pub client: IpAddr,
+    pub backend_thread: u32,
+    pub sql: String,
+    pub duration: Duration,
+    pub error: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AuthStage {
+    /// Waiting for the client's reply to an auth switch.
+    Switched,
+    /// caching_sha2: "perform full authentication" sent.
+    FullAuth,
+    /// caching_sha2: public key sent, waiting for the encrypted password.
+    KeySent,
+}
+
+#[derive(Debug)]
+enum Phase {
+    AwaitHandshake,
+    Auth { stage: AuthStage, method: AuthMethod, change_user: bool },
+    /// Logged in; the value says what, if anything, is in progress.
+    Command(Busy),
+    Closed,
+}
+
+#[derive(Debug)]
+enum Busy {
+    Idle,
+    /// Waiting for the driver to attach a backend.
+    Acquiring,
+    /// Bringing the backend to the session's state: internal commands whose
+    /// answers are swallowed.
+    Restoring { scanner: ResponseScanner, left: VecDeque<Internal> },
+    /// A client command's response streams back.
+    Forwarding { scanner: ResponseScanner, what: Forwarded },
+    /// Waiting for the driver to carry out a KILL.
+    Killing,
+}
+
+#[derive(Debug, Clone)]
+enum Internal {
+    Send(Bytes, ResponseKind, InternalPurpose),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InternalPurpose {
+    Restore,
+    /// Re-preparing a client statement on a new backend connection.
+    Reprepare(u32),
+}
+
+/// What a forwarded command needs when its response ends.
+#[derive(Debug, Clone)]
+enum Forwarded {
+    Plain,
+    Prepare { sql: Bytes },
+    InitDb { schema: String },
+    SetOption { multi: bool },
+    ResetConnection,
+}
+
+/// A prepared statement as the client sees it.
+#[derive(Debug, Clone)]
+struct Prepared {
+    sql: Bytes,
+    params: u16,
+    /// The statement's id on the attached backend, if prepared there.
+    backend_id: Option<u32>,
+    /// Parameter types from the last execute that sent them.
+    param_types: Option<Bytes>,
+    /// Whether the backend statement has seen `param_types`.
+    types_sent: bool,
+}
+
+/// The session state the client set and expects on any backend connection.
+#[derive(Debug, Clone, Default)]
+struct Wanted {
+    schema: Option<String>,
+    vars: BTreeMap<String, String>,
+    multi_statements: bool,
+}
+
+/// Variables that change on their own or cannot be set, so never restored.
+const UNRESTORABLE: &[&str] = &[
+    "last_gtid",
+    "session_track_system_variables",
+    "session_track_schema",
+    "session_track_state_change",
+    "session_track_transaction_info",
+    "gtid_seq_no",
+    "insert_id",
+    "last_insert_id",
+    "timestamp",
+    "rand_seed1",
+    "rand_seed2",
+    "identity",
+    "warning_count",
+    "error_count",
+];
+
+/// Connection-scoped client session.
+pub struct Session {
+    ctx: Arc<SessionContext>,
+    connection_id: u32,
+    client_addr: IpAddr,
+    nonce: [u8; 20],
+    phase: Phase,
+    frames: FrameReader,
+    out: VecDeque<Output>,
+    client_caps: CapabilityFlags,
+    user: String,
+    wanted: Wanted,
+    backend: Option<BackendMeta>,
+    /// The client command held while a backend is attached or restored.
+    pending: Option<Packet>,
+    stmts: BTreeMap<u32, Prepared>,
+    next_stmt_id: u32,
+    in_transaction: bool,
+    /// Deadline for the backend's answer, when a timeout is configured.
+    backend_deadline: Option<Instant>,
+    started: Instant,
+    current_sql: Option<String>,
+    last_error: Option<u16>,
+    /// Login data held while a COM_CHANGE_USER or full auth completes.
+    pending_login: Option<PendingLogin>,
+}
+
+#[derive(Debug, Clone)]
+struct PendingLogin {
+    user: String,
+    schema: Option<String>,
+    collation: u16,
+    auth_seq: u8,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("connection_id", &self.connection_id)
+            .field("phase", &self.phase)
+            .finish()
+    }
+}
+
+fn frame(seq: u8, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(payload.len() + 4);
+    protocol::write_packet(&mut out, seq, payload);
+    out.freeze()
+}
+
+impl Session {
+    /// Starts a session and queues the server greeting. `nonce` must be 20
+    /// random bytes from the driver (no NUL bytes are needed: they are mapped).
+    pub fn new(ctx: Arc<SessionContext>, connection_id: u32, client_addr: IpAddr, nonce: [u8; 20], now: Instant) -> Self {
+        let mut nonce = nonce;
+        for b in nonce.iter_mut() {
+            // Printable, non-NUL scramble bytes, as MySQL servers send.
+            *b = 0x21 + (*b % 0x5e);
+        }
+        let max = ctx.max_allowed_packet;
+        let mut s = Self {
+            ctx,
+            connection_id,
+            client_addr,
+            nonce,
+            phase: Phase::AwaitHandshake,
+            frames: FrameReader::new(max),
+            out: VecDeque::new(),
+            client_caps: CapabilityFlags::empty(),
+            user: String::new(),
+            wanted: Wanted::default(),
+            backend: None,
+            pending: None,
+            stmts: BTreeMap::new(),
+            next_stmt_id: 1,
+            in_transaction: false,
+            backend_deadline: None,
+            started: now,
+            current_sql: None,
+            last_error: None,
+            pending_login: None,
+        };
+        s.send_greeting();
+        s
+    }
+
+    pub fn connection_id(&self) -> u32 {
+        self.connection_id
+    }
+
+    /// The backend connection's own id, while one is attached.
+    pub fn backend_thread_id(&self) -> Option<u32> {
+        self.backend.as_ref().map(|b| b.thread_id)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed)
+    }
+
+    /// Logged in and nothing in flight: a shutdown may close it now.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.phase, Phase::Command(Busy::Idle)) && self.pending.is_none()
+    }
+
+    /// Whether the session would read the next client packet now.
+    pub fn wants_client_data(&self) -> bool {
+        match &self.phase {
+            Phase::Command(Busy::Idle) => true,
+            Phase::Command(Busy::Forwarding { scanner, .. }) => scanner.in_local_infile(),
+            Phase::AwaitHandshake | Phase::Auth { .. } => true,
+            _ => false,
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When `handle_timeout` wants to be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.backend_deadline
+    }
+
+    fn send_greeting(&mut self) {
+        let caps = protocol::server_capabilities();
+        let scramble_2 = [&self.nonce[8..], &[0u8][..]].concat();
+        let hs = HandshakePacket::new(
+            10,
+            self.ctx.server_version.as_bytes(),
+            self.connection_id,
+            self.nonce[..8].try_into().unwrap_or([0; 8]),
+            Some(&scramble_2[..]),
+            caps,
+            CollationId::UTF8MB4_GENERAL_CI as u8,
+            StatusFlags::SERVER_STATUS_AUTOCOMMIT,
+            Some(AuthMethod::Native.plugin_name().as_bytes()),
+        );
+        let mut payload = Vec::with_capacity(128);
+        hs.serialize(&mut payload);
+        self.out.push_back(Output::ToClient(frame(0, &payload)));
+    }
+
+    fn send_err(&mut self, seq: u8, code: u16, message: &str) {
+        self.last_error = Some(code);
+        let p = err_payload(code, sql_state_for(code), message);
+        self.out.push_back(Output::ToClient(frame(seq, &p)));
+    }
+
+    fn send_ok(&mut self, seq: u8) {
+        let status = self.status_flags();
+        self.out
+            .push_back(Output::ToClient(frame(seq, &ok_payload(0, 0, 0, status, 0))));
+    }
+
+    fn status_flags(&self) -> StatusFlags {
+        let mut s = StatusFlags::empty();
+        let autocommit_off = self
+            .wanted
+            .vars
+            .get("autocommit")
+            .is_some_and(|v| v.eq_ignore_ascii_case("off") || v == "0");
+        if !autocommit_off {
+            s |= StatusFlags::SERVER_STATUS_AUTOCOMMIT;
+        }
+        if self.in_transaction {
+            s |= StatusFlags::SERVER_STATUS_IN_TRANS;
+        }
+        s
+    }
+
+    fn close_with(&mut self, seq: u8, code: u16, message: &str) {
+        self.send_err(seq, code, message);
+        self.close();
+    }
+
+    fn close(&mut self) {
+        if matches!(self.phase, Phase::Closed) {
+            return;
+        }
+        let reusable = matches!(self.phase, Phase::Command(Busy::Idle | Busy::Acquiring | Busy::Killing));
+        self.release_backend(reusable);
+        self.phase = Phase::Closed;
+        self.out.push_back(Output::Close);
+    }
+
+    fn release_backend(&mut self, reusable: bool) {
+        if let Some(meta) = self.backend.take() {
+            self.out.push_back(Output::ReleaseBackend { meta, reusable });
+        }
+        for s in self.stmts.values_mut() {
+            s.backend_id = None;
+            s.types_sent = false;
+        }
+        self.backend_deadline = None;
+    }
+
+    // ---------------------------------------------------------------- input
+
+    /// Bytes arrived from the client. Consumes what it can use now; bytes of
+    /// a command sent while another is in flight stay in `buf`.
+    pub fn handle_client_data(&mut self, now: Instant, buf: &mut BytesMut) {
+        while !matches!(self.phase, Phase::Closed) && self.wants_client_data() && !buf.is_empty() {
+            if matches!(self.phase, Phase::Command(Busy::Idle)) && !self.frames.is_mid_packet() {
+                self.frames.expect_seq(Some(0));
+            }
+            let pkt = match self.frames.next_packet(buf) {
+                Ok(Some(p)) => p,
+                Ok(None) => return,
+                Err(FrameError::TooLarge { max }) => {
+                    let msg = format!("Got a packet bigger than 'max_allowed_packet' bytes ({max})");
+                    self.close_with(1, code::ER_NET_PACKET_TOO_LARGE, &msg);
+                    return;
+                }
+                Err(FrameError::OutOfOrder { expected, got }) => {
+                    let msg = format!("Got packets out of order (sequence id {got}, expected {expected})");
+                    self.close_with(expected, code::ER_NET_PACKETS_OUT_OF_ORDER, &msg);
+                    return;
+                }
+            };
+            match &self.phase {
+                Phase::AwaitHandshake => self.on_handshake_response(now, pkt),
+                Phase::Auth { .. } => self.on_auth_data(now, pkt),
+                Phase::Command(Busy::Idle) => self.on_command(now, pkt),
+                Phase::Command(Busy::Forwarding { .. }) => self.on_local_infile_data(now, pkt),
+                _ => return,
+            }
+        }
+    }
+
+    /// The client went away. Releases the backend (reusable only when no
+    /// response was in flight).
+    pub fn handle_client_closed(&mut self, _now: Instant) {
+        if !matches!(self.phase, Phase::Closed) {
+            let reusable = matches!(self.phase, Phase::Command(Busy::Idle | Busy::Acquiring | Busy::Killing));
+            self.release_backend(reusable);
+            self.phase = Phase::Closed;
+        }
+    }
+
+    /// The driver attached a backend connection (after `AcquireBackend`).
+    pub fn handle_backend_attached(&mut self, now: Instant, meta: BackendMeta) {
+        if matches!(self.phase, Phase::Closed) {
+            self.out.push_back(Output::ReleaseBackend { meta, reusable: true });
+            return;
+        }
+        self.backend = Some(meta);
+        self.start_restore(now);
+    }
+
+    /// No backend connection could be had (pool exhausted, backend down).
+    pub fn handle_backend_unavailable(&mut self, _now: Instant, reason: &str) {
+        if !matches!(self.phase, Phase::Command(Busy::Acquiring)) {
+            return;
+        }
+        let msg = format!("Tessera could not get a backend connection: {reason}");
+        let seq = self.pending_reply_seq();
+        self.pending = None;
+        self.send_err(seq, code::ER_CONNECT_TO_BACKEND, &msg);
+        self.finish_login_if_pending(false);
+        self.phase = Phase::Command(Busy::Idle);
+        self.end_statement_record();
+    }
+
+    /// The attached backend connection broke (closed, reset, timed out).
+    pub fn handle_backend_closed(&mut self, _now: Instant, reason: &str) {
+        let Some(meta) = self.backend.take() else { return };
+        self.out.push_back(Output::ReleaseBackend { meta, reusable: false });
+        for s in self.stmts.values_mut() {
+            s.backend_id = None;
+            s.types_sent = false;
+        }
+        self.backend_deadline = None;
+        let was_in_tx = std::mem::take(&mut self.in_transaction);
+        match std::mem::replace(&mut self.phase, Phase::Command(Busy::Idle)) {
+            Phase::Command(Busy::Forwarding { scanner, .. }) => {
+                if scanner.mid_packet() {
+                    // Part of a packet went out: the stream cannot be repaired.
+                    self.close();
+                    return;
+                }
+                let seq = scanner.last_seq.wrapping_add(1);
+                let tx = if was_in_tx { "; the open transaction was rolled back" } else { "" };
+                let msg = format!("Lost connection to backend during query ({reason}){tx}");
+                self.send_err(seq, code::ER_CONNECT_TO_BACKEND, &msg);
+                self.end_statement_record();
+            }
+            Phase::Command(Busy::Restoring { .. }) => {
+                let seq = self.pending_reply_seq();
+                self.pending = None;
+                let msg = format!("Lost connection to backend while preparing the session ({reason})");
+                self.send_err(seq, code::ER_CONNECT_TO_BACKEND, &msg);
+                self.finish_login_if_pending(false);
+                self.end_statement_record();
+            }
+            Phase::Closed => self.phase = Phase::Closed,
+            other => self.phase = other,
+        }
+    }
+
+    /// Bytes arrived from the attached backend.
+    pub fn handle_backend_data(&mut self, now: Instant, buf: &mut BytesMut) {
+        loop {
+            let phase = std::mem::replace(&mut self.phase, Phase::Closed);
+            match phase {
+                Phase::Command(Busy::Forwarding { mut scanner, what }) => {
+                    let done = self.forward_response(&mut scanner, &what, buf);
+                    if done {
+                        self.phase = Phase::Command(Busy::Idle);
+                        self.backend_deadline = None;
+                        self.on_forward_done(what);
+                        self.end_statement_record();
+                    } else {
+                        self.phase = Phase::Command(Busy::Forwarding { scanner, what });
+                    }
+                    return;
+                }
+                Phase::Command(Busy::Restoring { mut scanner, left }) => {
+                    self.phase = Phase::Command(Busy::Idle);
+                    match self.swallow_response(&mut scanner, buf) {
+                        None => {
+                            self.phase = Phase::Command(Busy::Restoring { scanner, left });
+                            return;
+                        }
+                        Some(result) => {
+                            let mut left = left;
+                            let purpose = match left.pop_front() {
+                                Some(Internal::Send(_, _, purpose)) => purpose,
+                                None => InternalPurpose::Restore,
+                            };
+                            if let Err(e) = self.after_internal(result, purpose) {
+                                // Restoring failed: tell the client instead of running its command.
+                                let seq = self.pending_reply_seq();
+                                self.pending = None;
+                                self.send_err(seq, e.0, &e.1);
+                                self.finish_login_if_pending(false);
+                                self.phase = Phase::Command(Busy::Idle);
+                                self.end_statement_record();
+                                return;
+                            }
+                            self.continue_internal(now, left);
+                            if buf.is_empty() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                Phase::Closed => {
+                    buf.clear();
+                    return;
+                }
+                other => {
+                    // Unsolicited bytes while idle: the backend is not trustworthy.
+                    self.phase = other;
+                    if !buf.is_empty() {
+                        buf.clear();
+                        self.handle_backend_closed(now, "unexpected data from backend");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The driver carried out a KILL.
+    pub fn handle_kill_done(&mut self, _now: Instant, result: Result<(), String>) {
+        if !matches!(self.phase, Phase::Command(Busy::Killing)) {
+            return;
+        }
+        self.phase = Phase::Command(Busy::Idle);
+        match result {
+            Ok(()) => self.send_ok(1),
+            Err(msg) => self.send_err(1, code::ER_NO_SUCH_THREAD, &msg),
+        }
+        self.end_statement_record();
+    }
+
+    /// Time passed: gives up on a backend that does not answer.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(deadline) = self.backend_deadline {
+            if now >= deadline {
+                self.backend_deadline = None;
+                self.handle_backend_closed(now, "backend read timeout");
+            }
+        }
+    }
+
+    // ------------------------------------------------------- authentication
+
+    fn on_handshake_response(&mut self, now: Instant, pkt: Packet) {
+        let p = &pkt.payload[..];
+        let reply_seq = pkt.seq.wrapping_add(1);
+        if p.len() < 32 {
+            // An SSL request is 32 bytes; anything shorter is not a login.
+            let msg = if p.len() == 32 { "TLS is not supported by this Tessera listener" } else { "Bad handshake" };
+            self.close_with(reply_seq, code::ER_HANDSHAKE_ERROR, msg);
+            return;
+        }
+        let caps = CapabilityFlags::from_bits_truncate(u32::from_le_bytes([p[0], p[1], p[2], p[3]]));
+        if caps.contains(CapabilityFlags::CLIENT_SSL) {
+            self.close_with(reply_seq, code::ER_HANDSHAKE_ERROR, "TLS is not supported by this Tessera listener; connect without TLS (e.g. --ssl=0 / --skip-ssl)");
+            return;
+        }
+        if !caps.contains(CapabilityFlags::CLIENT_PROTOCOL_41) {
+            self.close_with(reply_seq, code::ER_HANDSHAKE_ERROR, "Tessera needs a client that speaks protocol 4.1");
+            return;
+        }
+        let hr: HandshakeResponse<'_> = match ParseBuf(p).parse(()) {
+            Ok(h) => h,
+            Err(_) => {
+                self.close_with(reply_seq, code::ER_HANDSHAKE_ERROR, "Bad handshake: malformed handshake response");
+                return;
+            }
+        };
+        self.client_caps = caps & protocol::server_capabilities();
+        let user = String::from_utf8_lossy(hr.user()).into_owned();
+        let schema = hr
+            .db_name()
+            .filter(|d| !d.is_empty())
+            .map(|d| String::from_utf8_lossy(d).into_owned());
+        let client_plugin = hr.auth_plugin().map(|p| p.as_bytes().to_vec());
+        let response = hr.scramble_buf().to_vec();
+        let collation = hr.collation() as u16;
+        self.pending_login = Some(PendingLogin {
+            user: user.clone(),
+            schema,
+            collation,
+            auth_seq: pkt.seq,
+        });
+        self.begin_auth(now, &user, client_plugin.as_deref(), &response, reply_seq, false);
+    }
+
+    fn access_denied(&self, user: &str, used_password: bool) -> String {
+        format!(
+            "Access denied for user '{}'@'{}' (using password: {})",
+            user,
+            self.client_addr,
+            if used_password { "YES" } else { "NO" }
+        )
+    }
+
+    /// Checks the first auth response, switching plugins when the user's
+    /// differs from the one the client used.
+    fn begin_auth(&mut self, now: Instant, user: &str, client_plugin: Option<&[u8]>, response: &[u8], reply_seq: u8, change_user: bool) {
+        let Some(u) = self.ctx.users.get(user).cloned() else {
+            let msg = self.access_denied(user, !response.is_empty());
+            self.fail_auth(reply_seq, &msg, change_user);
+            return;
+        };
+        let method = u.method;
+        let same_plugin = client_plugin.and_then(AuthMethod::from_plugin_name) == Some(method)
+            || (client_plugin.is_none() && method == AuthMethod::Native);
+        if !same_plugin {
+            let mut data = self.nonce.to_vec();
+            data.push(0);
+            let req = AuthSwitchRequest::new(method.plugin_name().as_bytes(), data);
+            let mut payload = Vec::new();
+            req.serialize(&mut payload);
+            self.out.push_back(Output::ToClient(frame(reply_seq, &payload)));
+            self.phase = Phase::Auth { stage: AuthStage::Switched, method, change_user };
+            self.frames.expect_seq(Some(reply_seq.wrapping_add(1)));
+            return;
+        }
+        self.phase = Phase::Auth { stage: AuthStage::Switched, method, change_user };
+        self.check_scramble(now, &u, method, response, reply_seq, change_user);
+    }
+
+    fn check_scramble(&mut self, now: Instant, u: &User, method: AuthMethod, response: &[u8], reply_seq: u8, change_user: bool) {
+        match method {
+            AuthMethod::Native => {
+                if u.hashes.verify_native(&self.nonce, response) {
+                    self.auth_succeeded(now, reply_seq);
+                } else {
+                    let msg = self.access_denied(&u.name, !response.is_empty());
+                    self.fail_auth(reply_seq, &msg, change_user);
+                }
+            }
+            AuthMethod::CachingSha2 => {
+                if u.hashes.is_empty_password() {
+                    if response.is_empty() || response == [0] {
+                        self.auth_succeeded(now, reply_seq);
+                    } else {
+                        let msg = self.access_denied(&u.name, true);
+                        self.fail_auth(reply_seq, &msg, change_user);
+                    }
+                    return;
+                }
+                if self.ctx.sha2_cache.contains(&u.name) && u.hashes.verify_sha2_scramble(&self.nonce, response) {
+                    // fast_auth_success, then OK.
+                    self.out.push_back(Output::ToClient(frame(reply_seq, &[0x01, 0x03])));
+                    self.auth_succeeded(now, reply_seq.wrapping_add(1));
+                } else if response.is_empty() {
+                    let msg = self.access_denied(&u.name, false);
+                    self.fail_auth(reply_seq, &msg, change_user);
+                } else {
+                    // perform_full_authentication
+                    self.out.push_back(Output::ToClient(frame(reply_seq, &[0x01, 0x04])));
+                    self.phase = Phase::Auth { stage: AuthStage::FullAuth, method, change_user };
+                    self.frames.expect_seq(Some(reply_seq.wrapping_add(1)));
+                }
+            }
+        }
+    }
+
+    fn on_auth_data(&mut self, now: Instant, pkt: Packet) {
+        let Phase::Auth { stage, method, change_user } = self.phase else { return };
+        let reply_seq = pkt.seq.wrapping_add(1);
+        let user_name = self.pending_login.as_ref().map(|l| l.user.clone()).unwrap_or_default();
+        let Some(u) = self.ctx.users.get(&user_name).cloned() else {
+            let msg = self.access_denied(&user_name, true);
+            self.fail_auth(reply_seq, &msg, change_user);
+            return;
+        };
+        let data = &pkt.payload[..];
+        match stage {
+            AuthStage::Switched => self.check_scramble(now, &u, method, data, reply_seq, change_user),
+            AuthStage::FullAuth | AuthStage::KeySent => {
+                if stage == AuthStage::FullAuth && data == [0x02] {
+                    match self.ctx.rsa.clone() {
+                        Some(key) => {
+                            let mut p = vec![0x01];
+                            p.extend_from_slice(key.public_pem().as_bytes());
+                            self.out.push_back(Output::ToClient(frame(reply_seq, &p)));
+                            self.phase = Phase::Auth { stage: AuthStage::KeySent, method, change_user };
+                            self.frames.expect_seq(Some(reply_seq.wrapping_add(1)));
+                        }
+                        None => self.fail_auth(
+                            reply_seq,
+                            "caching_sha2_password full authentication is not available: Tessera has no RSA key",
+                            change_user,
+                        ),
+                    }
+                    return;
+                }
+                if stage == AuthStage::FullAuth {
+                    // A clear-text password on a plain connection: refuse it.
+                    self.fail_auth(
+                        reply_seq,
+                        "caching_sha2_password full authentication on a connection without TLS needs the RSA public key exchange; let the client request the server's public key (e.g. --get-server-public-key)",
+                        change_user,
+                    );
+                    return;
+                }
+                let ok = self
+                    .ctx
+                    .rsa
+                    .as_ref()
+                    .and_then(|k| k.decrypt_password(data, &self.nonce))
+                    .is_some_and(|pw| u.hashes.verify_clear(&pw));
+                if ok {
+                    self.ctx.sha2_cache.insert(&u.name);
+                    self.auth_succeeded(now, reply_seq);
+                } else {
+                    let msg = self.access_denied(&u.name, true);
+                    self.fail_auth(reply_seq, &msg, change_user);
+                }
+            }
+        }
+    }
+
+    fn fail_auth(&mut self, seq: u8, message: &str, _change_user: bool) {
+        // MySQL closes the connection after a failed login or change-user.
+        self.close_with(seq, code::ER_ACCESS_DENIED, message);
+    }
+
+    fn auth_succeeded(&mut self, now: Instant, reply_seq: u8) {
+        let Some(mut login) = self.pending_login.take() else { return };
+        login.auth_seq = reply_seq;
+        self.user = login.user.clone();
+        self.wanted = Wanted {
+            schema: login.schema.clone(),
+            vars: charset_vars(login.collation),
+            multi_statements: self.client_caps.contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
+        };
+        self.in_transaction = false;
+        self.frames.expect_seq(Some(0));
+        if login.schema.is_some() {
+            // Check the database exists before saying OK, as MySQL does.
+            self.pending_login = Some(login);
+            self.phase = Phase::Command(Busy::Idle);
+            self.started = now;
+            self.acquire_or_restore(now);
+        } else {
+            self.phase = Phase::Command(Busy::Idle);
+            self.send_ok(reply_seq);
+        }
+    }
+
+    /// After a login that needed a backend (to check the database): say OK or
+    /// ERR to the client and drop the connection on failure.
+    fn finish_login_if_pending(&mut self, success: bool) {
+        let Some(login) = self.pending_login.take() else { return };
+        if success {
+            self.send_ok(login.auth_seq);
+        } else {
+            // The error was already sent; MySQL closes a failed login.
+            self.close();
+        }
+    }
+
+    // ---------------------------------------------------------- commands
+
+    fn on_command(&mut self, now: Instant, pkt: Packet) {
+        self.started = now;
+        self.last_error = None;
+        let Some(&command) = pkt.payload.first() else {
+            self.send_err(1, code::ER_MALFORMED_PACKET, "Malformed communication packet: empty command");
+            return;
+        };
+        if self.ctx.record_statements {
+            self.current_sql = Some(self.describe(&pkt));
+        }
+        match command {
+            cmd::QUIT => {
+                self.release_backend(true);
+                self.phase = Phase::Closed;
+                self.out.push_back(Output::Close);
+            }
+            cmd::PING => {
+                self.send_ok(1);
+                self.end_statement_record();
+            }
+            cmd::QUERY => {
+                if let Some((id, query_only)) = parse_kill(&pkt.payload[1..]) {
+                    self.phase = Phase::Command(Busy::Killing);
+                    self.out.push_back(Output::Kill { connection_id: id, query_only });
+                    return;
+                }
+                self.forward_or_acquire(now, pkt);
+            }
+            cmd::PROCESS_KILL => {
+                if pkt.payload.len() < 5 {
+                    self.send_err(1, code::ER_MALFORMED_PACKET, "Malformed communication packet: COM_PROCESS_KILL");
+                    return;
+                }
+                let id = u32::from_le_bytes([pkt.payload[1], pkt.payload[2], pkt.payload[3], pkt.payload[4]]);
+                self.phase = Phase::Command(Busy::Killing);
+                self.out.push_back(Output::Kill { connection_id: id, query_only: false });
+            }
+            cmd::CHANGE_USER => self.on_change_user(now, pkt),
+            cmd::INIT_DB
+            | cmd::FIELD_LIST
+            | cmd::STATISTICS
+            | cmd::SET_OPTION
+            | cmd::RESET_CONNECTION
+            | cmd::STMT_PREPARE => self.forward_or_acquire(now, pkt),
+            cmd::STMT_EXECUTE | cmd::STMT_SEND_LONG_DATA | cmd::STMT_CLOSE | cmd::STMT_RESET | cmd::STMT_FETCH => {
+                if pkt.payload.len() < 5 {
+                    self.send_err(1, code::ER_MALFORMED_PACKET, "Malformed communication packet: statement id missing");
+                    return;
+                }
+                let id = u32::from_le_bytes([pkt.payload[1], pkt.payload[2], pkt.payload[3], pkt.payload[4]]);
+                if !self.stmts.contains_key(&id) {
+                    if matches!(command, cmd::STMT_CLOSE | cmd::STMT_SEND_LONG_DATA) {
+                        return; // no response is expected, as in MySQL
+                    }
+                    let name = match command {
+                        cmd::STMT_EXECUTE => "mysqld_stmt_execute",
+                        cmd::STMT_FETCH => "mysqld_stmt_fetch",
+                        _ => "mysqld_stmt_reset",
+                    };
+                    let msg = format!("Unknown prepared statement handler ({id}) given to {name}");
+                    self.send_err(1, code::ER_UNKNOWN_STMT_HANDLER, &msg);
+                    self.end_statement_record();
+                    return;
+                }
+                if command == cmd::STMT_CLOSE {
+                    let st = self.stmts.remove(&id);
+                    if let (Some(bid), Some(_)) = (st.and_then(|s| s.backend_id), self.backend.as_ref()) {
+                        let mut p = pkt.payload.to_vec();
+                        p[1..5].copy_from_slice(&bid.to_le_bytes());
+                        self.out.push_back(Output::ToBackend(frame(0, &p)));
+                    }
+                    return;
+                }
+                self.forward_or_acquire(now, pkt);
+            }
+            other => {
+                let msg = format!("Unknown command {other:#04x}");
+                self.send_err(1, code::ER_UNKNOWN_COM_ERROR, &msg);
+                self.end_statement_record();
+            }
+        }
+    }
+
+    fn describe(&self, pkt: &Packet) -> String {
+        let p = &pkt.payload;
+        match p.first() {
+            Some(&cmd::QUERY) => String::from_utf8_lossy(&p[1..]).into_owned(),
+            Some(&cmd::STMT_EXECUTE) if p.len() >= 5 => {
+                let id = u32::from_le_bytes([p[1], p[2], p[3], p[4]]);
+                match self.stmts.get(&id) {
+                    Some(s) => format!("EXECUTE {}", String::from_utf8_lossy(&s.sql)),
+                    None => format!("EXECUTE unknown statement {id}"),
+                }
+            }
+            Some(&cmd::STMT_PREPARE) => format!("PREPARE {}", String::from_utf8_lossy(&p[1..])),
+            Some(&cmd::INIT_DB) => format!("USE {}", String::from_utf8_lossy(&p[1..])),
+            Some(c) => format!("COMMAND {c:#04x}"),
+            None => String::new(),
+        }
+    }
+
+    fn end_statement_record(&mut self) {
+        if let Some(sql) = self.current_sql.take() {
+            let rec = StatementRecord {
+                user: self.user.clone(),
+                client: self.client_addr,
+                backend_thread: self.backend.as_ref().map(|b| b.thread_id).unwrap_or(0),
+                sql,
+                duration: Duration::ZERO,
+                error: self.last_error,
+            };
+            self.out.push_back(Output::Statement(rec));
+        }
+    }
+
+    /// Fills in durations of statement records; the driver calls it with the
+    /// time it drains outputs. Kept apart so the hot path needs no clock.
+    pub fn statement_started_at(&self) -> Instant {
+        self.started
+    }
+
+    fn forward_or_acquire(&mut self, now: Instant, pkt: Packet) {
+        self.pending = Some(pkt);
+        self.acquire_or_restore(now);
+    }
+
+    fn acquire_or_restore(&mut self, now: Instant) {
+        if self.backend.is_some() {
+            self.run_pending(now);
+        } else {
+            self.phase = Phase::Command(Busy::Acquiring);
+            self.out.push_back(Output::AcquireBackend);
+        }
+    }
+
+    /// The seq id for an error that answers the pending command (or login).
+    fn pending_reply_seq(&self) -> u8 {
+        if self.pending.is_some() {
+            1
+        } else {
+            self.pending_login.as_ref().map(|l| l.auth_seq).unwrap_or(1)
+        }
+    }
+
+    /// Internal commands that bring the attached backend to the wanted state.
+    fn restore_plan(&self) -> VecDeque<Internal> {
+        let mut plan = VecDeque::new();
+        let Some(meta) = &self.backend else { return plan };
+        let st = &meta.state;
+        let mut assignments: Vec<String> = Vec::new();
+        if !st.tracking {
+            assignments.push("session_track_system_variables='*'".into());
+            assignments.push("session_track_schema=ON".into());
+        }
+        for (name, value) in &self.wanted.vars {
+            if st.vars.get(name) != Some(value) && !UNRESTORABLE.contains(&name.as_str()) {
+                assignments.push(format!("@@session.`{}`={}", name.replace('`', "``"), sql_value(value)));
+            }
+        }
+        if !assignments.is_empty() {
+            let sql = format!("SET {}", assignments.join(", "));
+            plan.push_back(Internal::Send(crate::backend::query_request(&sql), ResponseKind::Generic, InternalPurpose::Restore));
+        }
+        if st.multi_statements != Some(self.wanted.multi_statements) {
+            let opt: u16 = if self.wanted.multi_statements { 0 } else { 1 };
+            let mut p = vec![cmd::SET_OPTION];
+            p.extend_from_slice(&opt.to_le_bytes());
+            plan.push_back(Internal::Send(frame(0, &p), ResponseKind::Generic, InternalPurpose::Restore));
+        }
+        if let Some(schema) = &self.wanted.schema {
+            if st.schema.as_deref() != Some(schema) {
+                let mut p = vec![cmd::INIT_DB];
+                p.extend_from_slice(schema.as_bytes());
+                plan.push_back(Internal::Send(frame(0, &p), ResponseKind::Generic, InternalPurpose::Restore));
+            }
+        }
+        plan
+    }
+
+    fn start_restore(&mut self, now: Instant) {
+        let plan = self.restore_plan();
+        self.continue_internal(now, plan);
+    }
+
+    /// Sends the next internal command, or runs the pending client command
+    /// when none is left.
+    fn continue_internal(&mut self, now: Instant, left: VecDeque<Internal>) {
+        if let Some(Internal::Send(bytes, kind, _)) = left.front().cloned() {
+            let deprecate = self.deprecate_eof();
+            self.out.push_back(Output::ToBackend(bytes));
+            self.arm_deadline(now);
+            self.phase = Phase::Command(Busy::Restoring {
+                scanner: ResponseScanner::new(kind, deprecate),
+                left,
+            });
+            return;
+        }
+        self.phase = Phase::Command(Busy::Idle);
+        self.run_pending(now);
+    }
+
+    /// Records the outcome of an internal command. `Err` carries an error
+    /// for the client.
+    fn after_internal(&mut self, result: InternalResult, purpose: InternalPurpose) -> Result<(), (u16, String)> {
+        match (purpose, result) {
+            (InternalPurpose::Restore, InternalResult::Ok { changes }) => {
+                self.apply_backend_changes(&changes);
+                if let Some(meta) = self.backend.as_mut() {
+                    meta.state.tracking = true;
+                    meta.state.multi_statements = Some(self.wanted.multi_statements);
+                    if self.wanted.schema.is_some() {
+                        meta.state.schema = self.wanted.schema.clone();
+                    }
+                    for (k, v) in &self.wanted.vars {
+                        meta.state.vars.insert(k.clone(), v.clone());
+                    }
+                }
+                Ok(())
+            }
+            (InternalPurpose::Reprepare(client_id), InternalResult::Prepared { stmt_id }) => {
+                if let Some(s) = self.stmts.get_mut(&client_id) {
+                    s.backend_id = Some(stmt_id);
+                    s.types_sent = false;
+                }
+                Ok(())
+            }
+            (_, InternalResult::Err(e)) => Err((e.code, e.message)),
+            (_, _) => Ok(()),
+        }
+    }
+
+    fn deprecate_eof(&self) -> bool {
+        self.backend
+            .as_ref()
+            .is_some_and(|b| b.capabilities.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF))
+    }
+
+    fn arm_deadline(&mut self, now: Instant) {
+        self.backend_deadline = self.ctx.backend_read_timeout.map(|t| now + t);
+    }
+
+    /// Sends the pending client command to the attached backend.
+    fn run_pending(&mut self, now: Instant) {
+        let Some(pkt) = self.pending.take() else {
+            if self.pending_login.is_some() {
+                self.phase = Phase::Command(Busy::Idle);
+                self.finish_login_if_pending(true);
+            }
+            return;
+        };
+        let command = pkt.payload[0];
+        let deprecate = self.deprecate_eof();
+        let (kind, what, bytes) = match command {
+            cmd::STMT_PREPARE => (
+                ResponseKind::Prepare,
+                Forwarded::Prepare { sql: pkt.payload.slice(1..) },
+                raw_frame(&pkt),
+            ),
+            cmd::INIT_DB => (
+                ResponseKind::Generic,
+                Forwarded::InitDb { schema: String::from_utf8_lossy(&pkt.payload[1..]).into_owned() },
+                raw_frame(&pkt),
+            ),
+            cmd::SET_OPTION => {
+                let multi = pkt.payload.get(1..3).map(|b| u16::from_le_bytes([b[0], b[1]]) == 0).unwrap_or(true);
+                (ResponseKind::Generic, Forwarded::SetOption { multi }, raw_frame(&pkt))
+            }
+            cmd::RESET_CONNECTION => (ResponseKind::Generic, Forwarded::ResetConnection, raw_frame(&pkt)),
+            cmd::FIELD_LIST => (ResponseKind::FieldList, Forwarded::Plain, raw_frame(&pkt)),
+            cmd::STATISTICS => (ResponseKind::Statistics, Forwarded::Plain, raw_frame(&pkt)),
+            cmd::STMT_EXECUTE | cmd::STMT_SEND_LONG_DATA | cmd::STMT_RESET | cmd::STMT_FETCH => {
+                let id = u32::from_le_bytes([pkt.payload[1], pkt.payload[2], pkt.payload[3], pkt.payload[4]]);
+                let Some(st) = self.stmts.get(&id).cloned() else { return };
+                let Some(bid) = st.backend_id else {
+                    // Prepare it on this backend first, then come back.
+                    let mut p = vec![cmd::STMT_PREPARE];
+                    p.extend_from_slice(&st.sql);
+                    self.pending = Some(pkt);
+                    let left = VecDeque::from([Internal::Send(frame(0, &p), ResponseKind::Prepare, InternalPurpose::Reprepare(id))]);
+                    self.continue_internal(now, left);
+                    return;
+                };
+                match command {
+                    cmd::STMT_EXECUTE => match self.rewrite_execute(&pkt, id, bid) {
+                        Ok(b) => (ResponseKind::Generic, Forwarded::Plain, b),
+                        Err(msg) => {
+                            self.send_err(1, code::ER_MALFORMED_PACKET, &msg);
+                            self.phase = Phase::Command(Busy::Idle);
+                            self.end_statement_record();
+                            return;
+                        }
+                    },
+                    _ => {
+                        let mut p = pkt.payload.to_vec();
+                        p[1..5].copy_from_slice(&bid.to_le_bytes());
+                        if command == cmd::STMT_SEND_LONG_DATA {
+                            // No response.
+                            self.out.push_back(Output::ToBackend(frame(0, &p)));
+                            self.phase = Phase::Command(Busy::Idle);
+                            return;
+                        }
+                        let kind = if command == cmd::STMT_FETCH { ResponseKind::Fetch } else { ResponseKind::Generic };
+                        (kind, Forwarded::Plain, frame(0, &p))
+                    }
+                }
+            }
+            _ => (ResponseKind::Generic, Forwarded::Plain, raw_frame(&pkt)),
+        };
+        self.out.push_back(Output::ToBackend(bytes));
+        self.arm_deadline(now);
+        self.phase = Phase::Command(Busy::Forwarding {
+            scanner: ResponseScanner::new(kind, deprecate),
+            what,
+        });
+    }
+
+    /// Rewrites COM_STMT_EXECUTE for the backend: its statement id, and the
+    /// parameter types when the client relies on ones the backend never saw.
+    fn rewrite_execute(&mut self, pkt: &Packet, id: u32, bid: u32) -> Result<Bytes, String> {
+        let p = &pkt.payload[..];
+        let st = self.stmts.get_mut(&id).ok_or("unknown statement")?;
+        let n = st.params as usize;
+        let mut out = p.to_vec();
+        out[1..5].copy_from_slice(&bid.to_le_bytes());
+        if n == 0 {
+            return Ok(frame(0, &out));
+        }
+        let bitmap = n.div_ceil(8);
+        let flag_at = 10 + bitmap;
+        let Some(&bound) = p.get(flag_at) else {
+            return Err("Malformed communication packet: COM_STMT_EXECUTE too short".into());
+        };
+        if bound == 1 {
+            let types = p
+                .get(flag_at + 1..flag_at + 1 + 2 * n)
+                .ok_or("Malformed communication packet: COM_STMT_EXECUTE parameter types missing")?;
+            st.param_types = Some(Bytes::copy_from_slice(types));
+            st.types_sent = true;
+            return Ok(frame(0, &out));
+        }
+        if !st.types_sent {
+            let Some(types) = st.param_types.clone() else {
+                return Err("Malformed communication packet: COM_STMT_EXECUTE without parameter types".into());
+            };
+            let mut fixed = Vec::with_capacity(out.len() + types.len());
+            fixed.extend_from_slice(&out[..flag_at]);
+            fixed.push(1);
+            fixed.extend_from_slice(&types);
+            fixed.extend_from_slice(&out[flag_at + 1..]);
+            st.types_sent = true;
+            return Ok(frame(0, &fixed));
+        }
+        Ok(frame(0, &out))
+    }
+
+    /// Client data during LOCAL INFILE: forwarded until the empty packet.
+    fn on_local_infile_data(&mut self, _now: Instant, pkt: Packet) {
+        let Phase::Command(Busy::Forwarding { scanner, .. }) = &mut self.phase else { return };
+        let empty = pkt.payload.is_empty();
+        if empty {
+            scanner.local_infile_sent();
+        }
+        let mut out = BytesMut::with_capacity(pkt.payload.len() + 8);
+        protocol::write_packet(&mut out, pkt.seq, &pkt.payload);
+        self.out.push_back(Output::ToBackend(out.freeze()));
+        self.frames.expect_seq(if empty { Some(0) } else { Some(pkt.last_seq.wrapping_add(1)) });
+    }
+
+    fn on_change_user(&mut self, now: Instant, pkt: Packet) {
+        let Some(cu) = parse_change_user(&pkt.payload[1..], self.client_caps) else {
+            self.close_with(1, code::ER_MALFORMED_PACKET, "Malformed communication packet: COM_CHANGE_USER");
+            return;
+        };
+        let ChangeUser { user, schema, response, collation, plugin } = cu;
+        // A new user starts from a clean session: the old backend goes back
+        // to the pool (reset there), prepared statements are gone.
+        self.release_backend(true);
+        self.stmts.clear();
+        self.in_transaction = false;
+        self.pending_login = Some(PendingLogin {
+            user: user.clone(),
+            schema,
+            collation,
+            auth_seq: 1,
+        });
+        self.frames.expect_seq(Some(1));
+        self.begin_auth(now, &user, plugin.as_deref(), &response, 1, true);
+    }
+
+    // ------------------------------------------------------ response paths
+
+    /// Streams a forwarded response to the client. Returns true at its end.
+    fn forward_response(&mut self, scanner: &mut ResponseScanner, what: &Forwarded, buf: &mut BytesMut) -> bool {
+        let strip = !self.client_caps.contains(CapabilityFlags::CLIENT_SESSION_TRACK);
+        let mut pass = 0usize;
+        loop {
+            if scanner.is_done() || scanner.in_local_infile() {
+                break;
+            }
+            match scanner.step(&buf[pass..]) {
+                Step::NeedMore => break,
+                Step::Pass(n) => pass += n,
+                Step::Packet { total, seq, interest } => {
+                    let payload_range = pass + 4..pass + total;
+                    match interest {
+                        Interest::Ok(_) | Interest::Terminator(_) => {
+                            let status = match interest {
+                                Interest::Ok(o) => o.status,
+                                Interest::Terminator(s) => s,
+                                _ => StatusFlags::empty(),
+                            };
+                            self.in_transaction = status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
+                            if status.contains(StatusFlags::SERVER_SESSION_STATE_CHANGED) && total > 9 {
+                                let payload = buf[payload_range.clone()].to_vec();
+                                self.track_state(&payload);
+                                if strip {
+                                    if let Some(stripped) = protocol::strip_session_state(&payload) {
+                                        self.flush(buf, pass);
+                                        buf.advance(total);
+                                        pass = 0;
+                                        self.out.push_back(Output::ToClient(frame(seq, &stripped)));
+                                        continue;
+                                    }
+                                }
+                            }
+                            pass += total;
+                        }
+                        Interest::PrepareOk { stmt_id, params, .. } => {
+                            let client_id = self.next_stmt_id;
+                            self.next_stmt_id = self.next_stmt_id.wrapping_add(1).max(1);
+                            let sql = match what {
+                                Forwarded::Prepare { sql } => sql.clone(),
+                                _ => Bytes::new(),
+                            };
+                            self.stmts.insert(
+                                client_id,
+                                Prepared { sql, params, backend_id: Some(stmt_id), param_types: None, types_sent: false },
+                            );
+                            let mut payload = buf[payload_range].to_vec();
+                            payload[1..5].copy_from_slice(&client_id.to_le_bytes());
+                            self.flush(buf, pass);
+                            buf.advance(total);
+                            pass = 0;
+                            self.out.push_back(Output::ToClient(frame(seq, &payload)));
+                        }
+                        Interest::Err => {
+                            if let Some(e) = protocol::parse_err(&buf[payload_range]) {
+                                self.last_error = Some(e.code);
+                            }
+                            pass += total;
+                        }
+                        _ => pass += total,
+                    }
+                }
+            }
+        }
+        self.flush(buf, pass);
+        if scanner.in_local_infile() {
+            self.frames.expect_seq(Some(scanner.last_seq.wrapping_add(1)));
+        }
+        scanner.is_done()
+    }
+
+    fn flush(&mut self, buf: &mut BytesMut, n: usize) {
+        if n > 0 {
+            self.out.push_back(Output::ToClient(buf.split_to(n).freeze()));
+        }
+    }
+
+    fn track_state(&mut self, ok_payload: &[u8]) {
+        let Some(ok) = protocol::parse_ok(ok_payload) else { return };
+        let Some((_, block)) = protocol::split_ok_tail(ok_payload, &ok) else { return };
+        let changes = protocol::decode_state_changes(block);
+        self.apply_backend_changes(&changes);
+        if let Some(meta) = self.backend.as_mut() {
+            for c in &changes {
+                match c {
+                    protocol::StateChange::Schema(s) => meta.state.schema = Some(s.clone()),
+                    protocol::StateChange::Variable { name, value } => {
+                        meta.state.vars.insert(name.clone(), value.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_backend_changes(&mut self, changes: &[protocol::StateChange]) {
+        for c in changes {
+            match c {
+                protocol::StateChange::Schema(s) => self.wanted.schema = Some(s.clone()).filter(|s| !s.is_empty()),
+                protocol::StateChange::Variable { name, value } => {
+                    if !UNRESTORABLE.contains(&name.as_str()) {
+                        self.wanted.vars.insert(name.clone(), value.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_forward_done(&mut self, what: Forwarded) {
+        let ok = self.last_error.is_none();
+        match what {
+            Forwarded::InitDb { schema } if ok => {
+                self.wanted.schema = Some(schema.clone());
+                if let Some(m) = self.backend.as_mut() {
+                    m.state.schema = Some(schema);
+                }
+            }
+            Forwarded::SetOption { multi } if ok => {
+                self.wanted.multi_statements = multi;
+                if let Some(m) = self.backend.as_mut() {
+                    m.state.multi_statements = Some(multi);
+                }
+            }
+            Forwarded::ResetConnection if ok => {
+                self.stmts.clear();
+                self.in_transaction = false;
+                let keep_schema = self.wanted.schema.clone();
+                let charset: BTreeMap<String, String> = self
+                    .wanted
+                    .vars
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("character_set_") || k.starts_with("collation_"))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                self.wanted.vars = charset;
+                self.wanted.schema = keep_schema;
+                if let Some(m) = self.backend.as_mut() {
+                    m.state.after_reset();
+                }
+                // Tracking and the client's character set come back on the next statement.
+                if let Some(meta) = self.backend.take() {
+                    self.backend = Some(meta);
+                    let plan = self.restore_plan();
+                    if !plan.is_empty() {
+                        self.continue_internal(self.started, plan);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Reads the answer to an internal command without forwarding it.
+    fn swallow_response(&mut self, scanner: &mut ResponseScanner, buf: &mut BytesMut) -> Option<InternalResult> {
+        let mut result = InternalResult::Ok { changes: Vec::new() };
+        loop {
+            if scanner.is_done() {
+                return Some(result);
+            }
+            match scanner.step(&buf[..]) {
+                Step::NeedMore => return None,
+                Step::Pass(n) => buf.advance(n),
+                Step::Packet { total, interest, .. } => {
+                    let payload = buf[4..total].to_vec();
+                    buf.advance(total);
+                    match interest {
+                        Interest::Err => {
+                            if let Some(e) = protocol::parse_err(&payload) {
+                                result = InternalResult::Err(e);
+                            }
+                        }
+                        Interest::Ok(ok) => {
+                            if let Some((_, block)) = protocol::split_ok_tail(&payload, &ok) {
+                                if let InternalResult::Ok { changes } = &mut result {
+                                    changes.extend(protocol::decode_state_changes(block));
+                                }
+                            }
+                        }
+                        Interest::PrepareOk { stmt_id, .. } => result = InternalResult::Prepared { stmt_id },
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum InternalResult {
+    Ok { changes: Vec<protocol::StateChange> },
+    Err(protocol::ErrInfo),
+    Prepared { stmt_id: u32 },
+}
+
+/// The client's command re-framed for the backend (seq 0, split if large).
+fn raw_frame(pkt: &Packet) -> Bytes {
+    frame(0, &pkt.payload)
+}
+
+/// Session variables implied by the handshake collation.
+fn charset_vars(collation: u16) -> BTreeMap<String, String> {
+    let c = Collation::from(CollationId::from(collation));
+    let (charset, coll) = if c.charset().is_empty() {
+        ("utf8mb4".to_string(), "utf8mb4_general_ci".to_string())
+    } else {
+        (c.charset().to_string(), c.collation().to_string())
+    };
+    let mut m = BTreeMap::new();
+    m.insert("character_set_client".into(), charset.clone());
+    m.insert("character_set_connection".into(), charset.clone());
+    m.insert("character_set_results".into(), charset);
+    m.insert("collation_connection".into(), coll);
+    m
+}
+
+/// A value from session tracking as SQL: numbers bare, the rest quoted.
+fn sql_value(v: &str) -> String {
+    let numeric = !v.is_empty() && v.parse::<f64>().is_ok() && !v.contains(['e', 'E', 'x', 'X']);
+    if numeric {
+        v.to_string()
+    } else if v.is_empty() {
+        "''".to_string()
+    } else {
+        format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
+    }
+}
+
+/// Recognises `KILL [CONNECTION|QUERY] <id>`; anything else is not a kill.
+pub fn parse_kill(sql: &[u8]) -> Option<(u32, bool)> {
+    let s = std::str::from_utf8(sql).ok()?.trim().trim_end_matches(';').trim();
+    let mut words = s.split_ascii_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("kill") {
+        return None;
+    }
+    let mut w = words.next()?;
+    let mut query_only = false;
+    if w.eq_ignore_ascii_case("query") {
+        query_only = true;
+        w = words.next()?;
+    } else if w.eq_ignore_ascii_case("connection") {
+        w = words.next()?;
+    }
+    if words.next().is_some() {
+        return None;
+    }
+    w.parse().ok().map(|id| (id, query_only))
+}
+
+/// The fields of COM_CHANGE_USER (after the command byte).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ChangeUser {
+    user: String,
+    schema: Option<String>,
+    response: Vec<u8>,
+    collation: u16,
+    plugin: Option<Vec<u8>>,
+}
+
+fn take_nul_str<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let i = b.iter().position(|&c| c == 0)?;
+    let s = &b[..i];
+    *b = &b[i + 1..];
+    Some(s)
+}
+
+fn parse_change_user(mut b: &[u8], caps: CapabilityFlags) -> Option<ChangeUser> {
+    let user = String::from_utf8_lossy(take_nul_str(&mut b)?).into_owned();
+    let response = if caps.contains(CapabilityFlags::CLIENT_SECURE_CONNECTION) {
+        let n = *b.first()? as usize;
+        let r = b.get(1..1 + n)?.to_vec();
+        b = &b[1 + n..];
+        r
+    } else {
+        take_nul_str(&mut b)?.to_vec()
+    };
+    let schema = String::from_utf8_lossy(take_nul_str(&mut b).unwrap_or(&[])).into_owned();
+    let mut collation = CollationId::UTF8MB4_GENERAL_CI as u16;
+    let mut plugin = None;
+    if b.len() >= 2 {
+        collation = u16::from_le_bytes([b[0], b[1]]);
+        b = &b[2..];
+        if caps.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH) && !b.is_empty() {
+            plugin = take_nul_str(&mut b).map(|p| p.to_vec());
+        }
+    }
+    Some(ChangeUser {
+        user,
+        schema: Some(schema).filter(|s| !s.is_empty()),
+        response,
+        collation,
+        plugin,
+    })
+}
