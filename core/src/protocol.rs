@@ -3,7 +3,7 @@
 //! EOF), and small readers for length-encoded values.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use mysql_common::constants::{CapabilityFlags, StatusFlags};
+pub use mysql_common::constants::{CapabilityFlags, StatusFlags};
 use mysql_common::proto::codec::{packet_to_chunks, ChunkDecoder, ChunkInfo};
 
 /// Largest payload of one wire chunk; bigger packets are split.

@@ -251,6 +251,17 @@ impl Session {
         s
     }
 
+    /// The capabilities negotiated with the client (the pool matches backend
+    /// connections to their response-format subset).
+    pub fn client_capabilities(&self) -> CapabilityFlags {
+        self.client_caps
+    }
+
+    /// The logged-in user (empty before login).
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
     pub fn connection_id(&self) -> u32 {
         self.connection_id
     }

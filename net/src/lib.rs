@@ -1,1 +1,10 @@
+//! Tessera's production adapters: tokio sockets around the sans-IO core, the
+//! backend pool, logs, the MariaDB process harness and the playground.
 
+pub mod logs;
+pub mod mariadbd;
+pub mod playground;
+pub mod pool;
+pub mod proxy;
+pub mod server;
+pub mod transport;

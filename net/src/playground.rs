@@ -1,0 +1,111 @@
+//! `tessera playground`: a small local topology of real `mariadbd` servers
+//! plus the proxy, for trying Tessera with any MySQL client.
+
+use std::path::PathBuf;
+
+use tessera_core::auth::PasswordHashes;
+use tessera_core::config::Config;
+
+use crate::mariadbd::{self, MariaDb};
+
+/// The user, password and database the playground creates.
+pub const USER: &str = "tessera";
+pub const PASSWORD: &str = "tessera";
+pub const DATABASE: &str = "tessera";
+
+/// Options of `tessera playground`.
+#[derive(Debug, Clone)]
+pub struct PlaygroundOptions {
+    pub shards: u32,
+    pub replicas: u32,
+    pub port: u16,
+    pub dir: Option<PathBuf>,
+}
+
+/// One started shard: its primary and replicas.
+pub struct Shard {
+    pub primary: MariaDb,
+    pub replicas: Vec<MariaDb>,
+}
+
+/// Starts the servers, returns them with the config that points at them.
+pub fn start_backends(opts: &PlaygroundOptions, dir: &std::path::Path) -> std::io::Result<(Vec<Shard>, Config)> {
+    if mariadbd::mariadbd_path().is_none() {
+        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, mariadbd::INSTALL_HINT));
+    }
+    let mut shards = Vec::new();
+    for s in 1..=opts.shards.max(1) {
+        let primary = MariaDb::start(&dir.join(format!("shard{s}-primary")), s * 100 + 1)?;
+        primary.create_user(USER, PASSWORD)?;
+        primary.sql(&format!("CREATE DATABASE IF NOT EXISTS `{DATABASE}`"))?;
+        let mut replicas = Vec::new();
+        for r in 1..=opts.replicas {
+            let replica = MariaDb::start(&dir.join(format!("shard{s}-replica{r}")), s * 100 + 1 + r)?;
+            replica.replicate_from(&primary)?;
+            replicas.push(replica);
+        }
+        shards.push(Shard { primary, replicas });
+    }
+    let hashes = PasswordHashes::from_password(PASSWORD);
+    let first = &shards[0];
+    let replicas: Vec<String> = first.replicas.iter().map(|r| format!("\"{}\"", r.addr())).collect();
+    let text = format!(
+        r#"# Written by `tessera playground`.
+listen = "127.0.0.1:{port}"
+allow = ["127.0.0.0/8", "::1/128"]
+
+[[users]]
+name = "{USER}"
+password_native = "{native}"
+password_sha2 = "{sha2}"
+
+[node]
+name = "shard1"
+primary = "{primary}"
+replicas = [{replicas}]
+user = "{USER}"
+password = "{PASSWORD}"
+
+[pool]
+max_connections = 256
+"#,
+        port = opts.port,
+        native = hashes.native_string(),
+        sha2 = hashes.sha2_string(),
+        primary = first.primary.addr(),
+        replicas = replicas.join(", "),
+    );
+    std::fs::write(dir.join("tessera.toml"), &text)?;
+    let config = Config::from_toml(&text).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok((shards, config))
+}
+
+/// Runs the playground until SIGINT/SIGTERM.
+pub async fn run(opts: PlaygroundOptions) -> Result<(), String> {
+    let dir = opts.dir.clone().unwrap_or_else(|| mariadbd::scratch_dir("tessera-playground"));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    eprintln!("starting MariaDB servers in {} ...", dir.display());
+    let (shards, config) = start_backends(&opts, &dir).map_err(|e| e.to_string())?;
+    if opts.shards > 1 {
+        eprintln!("note: sharding arrives with the router; the proxy serves shard 1, the other shards run for experiments");
+    }
+    let proxy = crate::proxy::start(&config).await.map_err(|e| e.to_string())?;
+    let port = proxy.addr.port();
+    for (i, s) in shards.iter().enumerate() {
+        println!("backend: shard{} primary {}", i + 1, s.primary.addr());
+        for r in &s.replicas {
+            println!("backend: shard{} replica {}", i + 1, r.addr());
+        }
+    }
+    println!("config: {}", dir.join("tessera.toml").display());
+    println!("connect: mariadb -h127.0.0.1 -P{port} -u{USER} -p{PASSWORD} {DATABASE}");
+    println!("ready: mysql://{USER}:{PASSWORD}@127.0.0.1:{port}/{DATABASE}");
+    crate::proxy::termination_signal().await;
+    eprintln!("stopping ...");
+    proxy.shutdown().await;
+    drop(shards);
+    if opts.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}

@@ -1,0 +1,441 @@
+//! The proxy server: accept loop with the allowlist and connection limit, and
+//! one task per client that drives a core [`Session`] over real sockets.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tessera_core::auth::{RsaKey, Sha2Cache};
+use tessera_core::config::{Cidr, Config, ConfigError};
+use tessera_core::protocol::{code, err_payload, sql_state_for, write_packet};
+use tessera_core::{Output, Session, SessionContext};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::logs::StatementLogger;
+use crate::pool::{BackendConn, Pool};
+use crate::transport::{Connector, Listener, Stream};
+
+/// Greeting version when the backend cannot be asked at start.
+pub const FALLBACK_VERSION: &str = "5.5.5-10.11.0-Tessera";
+
+/// Client bytes buffered while a command runs before reading pauses.
+const CLIENT_BUFFER_LIMIT: usize = 1 << 20;
+
+/// How a running session can be reached by KILL from another one.
+struct SessionHandle {
+    user: String,
+    backend_thread: Arc<AtomicU32>,
+    kill: Arc<Notify>,
+}
+
+/// State shared by all client tasks.
+pub struct Shared<C: Connector> {
+    pub ctx: Arc<SessionContext>,
+    pub pool: Pool<C>,
+    allow: Vec<Cidr>,
+    max_clients: usize,
+    clients: AtomicUsize,
+    next_id: AtomicU32,
+    sessions: Mutex<HashMap<u32, SessionHandle>>,
+    logger: Option<StatementLogger>,
+    client_idle_timeout: Option<Duration>,
+}
+
+/// Builds everything the server needs from a validated config.
+pub async fn build_shared<C: Connector>(config: &Config, connector: C) -> Result<Arc<Shared<C>>, ConfigError> {
+    let v = config.validate()?;
+    let pool = Pool::new(connector, &config.node.primary, &config.node.user, &config.node.password, config.pool.clone());
+    let server_version = match &config.server_version {
+        Some(s) => s.clone(),
+        None => match pool.probe_version().await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "backend not reachable at start; greeting uses {FALLBACK_VERSION}");
+                FALLBACK_VERSION.to_string()
+            }
+        },
+    };
+    let needs_rsa = v.users.iter().any(|u| u.method == tessera_core::auth::AuthMethod::CachingSha2);
+    let rsa = if needs_rsa {
+        let key = tokio::task::spawn_blocking(|| RsaKey::generate(&mut rand::rngs::OsRng))
+            .await
+            .ok()
+            .and_then(|k| k.ok());
+        key.map(Arc::new)
+    } else {
+        None
+    };
+    let logger = StatementLogger::open(&config.log).map_err(|e| ConfigError {
+        key: "log".into(),
+        message: e.to_string(),
+    })?;
+    let ctx = SessionContext {
+        users: v.users.iter().map(|u| (u.name.clone(), u.clone())).collect(),
+        sha2_cache: Arc::new(Sha2Cache::default()),
+        rsa,
+        server_version,
+        max_allowed_packet: config.max_allowed_packet,
+        record_statements: logger.is_some(),
+        backend_read_timeout: (config.backend_read_timeout_ms > 0)
+            .then(|| Duration::from_millis(config.backend_read_timeout_ms)),
+    };
+    Ok(Arc::new(Shared {
+        ctx: Arc::new(ctx),
+        pool,
+        allow: v.allow,
+        max_clients: config.max_client_connections,
+        clients: AtomicUsize::new(0),
+        next_id: AtomicU32::new(1),
+        sessions: Mutex::new(HashMap::new()),
+        logger,
+        client_idle_timeout: (config.client_idle_timeout_ms > 0)
+            .then(|| Duration::from_millis(config.client_idle_timeout_ms)),
+    }))
+}
+
+/// Accepts clients until `shutdown` turns true, then lets in-flight
+/// statements finish for up to `drain` before cutting the rest.
+pub async fn serve<L: Listener, C: Connector>(
+    mut listener: L,
+    shared: Arc<Shared<C>>,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) where
+    L::Stream: Stream,
+{
+    let mut tasks = JoinSet::new();
+    tokio::spawn(shared.pool.clone().maintain());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let shared = shared.clone();
+                let shutdown = shutdown.clone();
+                tasks.spawn(async move { admit(stream, peer, shared, shutdown).await });
+            }
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() { break; }
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    drop(listener);
+    tracing::info!(clients = tasks.len(), "shutting down: waiting for in-flight statements");
+    let deadline = tokio::time::sleep(drain);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            next = tasks.join_next() => if next.is_none() { break },
+            _ = &mut deadline => {
+                tracing::warn!(clients = tasks.len(), "shutdown deadline passed; closing remaining clients");
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+}
+
+/// Refuses a client before the handshake with an ERR packet (seq 0).
+async fn refuse<S: Stream>(mut stream: S, code: u16, message: &str) {
+    let mut out = BytesMut::new();
+    write_packet(&mut out, 0, &err_payload(code, sql_state_for(code), message));
+    let _ = stream.write_all(&out).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn admit<S: Stream, C: Connector>(stream: S, peer: SocketAddr, shared: Arc<Shared<C>>, shutdown: watch::Receiver<bool>) {
+    let ip = peer.ip();
+    if !shared.allow.is_empty() && !shared.allow.iter().any(|c| c.contains(ip)) {
+        tracing::info!(%peer, "client address not allowed");
+        let msg = format!("Host '{ip}' is not allowed to connect to this Tessera server");
+        refuse(stream, code::ER_HOST_NOT_PRIVILEGED, &msg).await;
+        return;
+    }
+    let n = shared.clients.fetch_add(1, Ordering::AcqRel);
+    let _guard = CountGuard(&shared.clients);
+    if n >= shared.max_clients {
+        refuse(stream, code::ER_CON_COUNT_ERROR, "Too many connections").await;
+        return;
+    }
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let handle_thread = Arc::new(AtomicU32::new(0));
+    let kill = Arc::new(Notify::new());
+    if let Ok(mut s) = shared.sessions.lock() {
+        s.insert(
+            id,
+            SessionHandle {
+                user: String::new(),
+                backend_thread: handle_thread.clone(),
+                kill: kill.clone(),
+            },
+        );
+    }
+    let mut driver = ClientDriver {
+        shared: shared.clone(),
+        client: stream,
+        backend: None,
+        id,
+        backend_thread: handle_thread,
+        kill,
+        shutdown,
+    };
+    if let Err(e) = driver.run(peer).await {
+        tracing::debug!(%peer, id, error = %e, "client connection ended with an error");
+    }
+    if let Some(conn) = driver.backend.take() {
+        shared.pool.release(conn, false);
+    }
+    if let Ok(mut s) = shared.sessions.lock() {
+        s.remove(&id);
+    }
+}
+
+struct CountGuard<'a>(&'a AtomicUsize);
+impl Drop for CountGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+/// Drives one session: reads client and backend, carries out outputs.
+struct ClientDriver<S: Stream, C: Connector> {
+    shared: Arc<Shared<C>>,
+    client: S,
+    backend: Option<BackendConn<C::Stream>>,
+    id: u32,
+    backend_thread: Arc<AtomicU32>,
+    kill: Arc<Notify>,
+    shutdown: watch::Receiver<bool>,
+}
+
+enum Event {
+    Client(std::io::Result<usize>),
+    Backend(std::io::Result<usize>),
+    Timeout,
+    Killed,
+    Shutdown,
+    ClientIdle,
+}
+
+impl<S: Stream, C: Connector> ClientDriver<S, C> {
+    async fn run(&mut self, peer: SocketAddr) -> std::io::Result<()> {
+        let nonce: [u8; 20] = rand::random();
+        let mut session = Session::new(self.shared.ctx.clone(), self.id, peer.ip(), nonce, now());
+        let mut client_buf = BytesMut::with_capacity(16 * 1024);
+        let mut backend_buf = BytesMut::with_capacity(64 * 1024);
+        let mut registered_user = false;
+        let mut shutdown_closed = false;
+        loop {
+            self.drain(&mut session).await?;
+            if session.is_closed() {
+                let _ = self.client.shutdown().await;
+                return Ok(());
+            }
+            if !registered_user && !session.user().is_empty() {
+                registered_user = true;
+                if let Ok(mut s) = self.shared.sessions.lock() {
+                    if let Some(h) = s.get_mut(&self.id) {
+                        h.user = session.user().to_string();
+                    }
+                }
+            }
+            if !client_buf.is_empty() && session.wants_client_data() {
+                let before = client_buf.len();
+                session.handle_client_data(now(), &mut client_buf);
+                if client_buf.len() != before || session.poll_timeout().is_some() {
+                    continue;
+                }
+            }
+            if *self.shutdown.borrow() && session.is_idle() {
+                let _ = self.client.shutdown().await;
+                session.handle_client_closed(now());
+                self.drain(&mut session).await?;
+                return Ok(());
+            }
+            let deadline = session.poll_timeout().map(Instant::from_std);
+            let idle_deadline = self
+                .shared
+                .client_idle_timeout
+                .filter(|_| session.is_idle())
+                .map(|t| Instant::now() + t);
+            let read_client = client_buf.len() < CLIENT_BUFFER_LIMIT;
+            let event = {
+                let client = &mut self.client;
+                let backend = self.backend.as_mut();
+                let has_backend = backend.is_some();
+                let backend_read = async {
+                    match backend {
+                        Some(b) => b.stream.read_buf(&mut backend_buf).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    r = backend_read, if has_backend => Event::Backend(r),
+                    r = client.read_buf(&mut client_buf), if read_client => Event::Client(r),
+                    _ = sleep_until_opt(deadline), if deadline.is_some() => Event::Timeout,
+                    _ = sleep_until_opt(idle_deadline), if idle_deadline.is_some() => Event::ClientIdle,
+                    _ = self.kill.notified() => Event::Killed,
+                    r = self.shutdown.changed(), if !shutdown_closed => {
+                        shutdown_closed = r.is_err();
+                        Event::Shutdown
+                    }
+                }
+            };
+            match event {
+                Event::Backend(Ok(0)) => session.handle_backend_closed(now(), "backend closed the connection"),
+                Event::Backend(Err(e)) => session.handle_backend_closed(now(), &e.to_string()),
+                Event::Backend(Ok(_)) => session.handle_backend_data(now(), &mut backend_buf),
+                Event::Client(Ok(0)) | Event::Client(Err(_)) => {
+                    session.handle_client_closed(now());
+                    self.drain(&mut session).await?;
+                    return Ok(());
+                }
+                Event::Client(Ok(_)) => session.handle_client_data(now(), &mut client_buf),
+                Event::Timeout => session.handle_timeout(now()),
+                Event::ClientIdle => {
+                    session.handle_client_closed(now());
+                    self.drain(&mut session).await?;
+                    return Ok(());
+                }
+                Event::Killed => {
+                    if let Some(b) = &self.backend {
+                        let thread = b.meta.thread_id;
+                        let _ = self.shared.pool.run_once(&format!("KILL QUERY {thread}")).await;
+                    }
+                    session.handle_client_closed(now());
+                    self.drain(&mut session).await?;
+                    return Ok(());
+                }
+                Event::Shutdown => {}
+            }
+        }
+    }
+
+    /// Carries out every queued output of the session.
+    async fn drain(&mut self, session: &mut Session) -> std::io::Result<()> {
+        let mut client_out: Vec<Bytes> = Vec::new();
+        while let Some(out) = session.poll_output() {
+            match out {
+                Output::ToClient(b) => client_out.push(b),
+                Output::ToBackend(b) => {
+                    self.flush_client(&mut client_out).await?;
+                    let failed = match self.backend.as_mut() {
+                        Some(conn) => conn.stream.write_all(&b).await.err(),
+                        None => None,
+                    };
+                    if let Some(e) = failed {
+                        session.handle_backend_closed(now(), &e.to_string());
+                    }
+                }
+                Output::AcquireBackend => {
+                    self.flush_client(&mut client_out).await?;
+                    match self.shared.pool.acquire(session.client_capabilities()).await {
+                        Ok(conn) => {
+                            self.backend_thread.store(conn.meta.thread_id, Ordering::Relaxed);
+                            let meta = conn.meta.clone();
+                            self.backend = Some(conn);
+                            session.handle_backend_attached(now(), meta);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "no backend connection");
+                            session.handle_backend_unavailable(now(), &e.to_string());
+                        }
+                    }
+                }
+                Output::ReleaseBackend { meta, reusable } => {
+                    if let Some(mut conn) = self.backend.take() {
+                        self.backend_thread.store(0, Ordering::Relaxed);
+                        conn.meta = meta;
+                        self.shared.pool.release(conn, reusable);
+                    }
+                }
+                Output::Kill { connection_id, query_only } => {
+                    self.flush_client(&mut client_out).await?;
+                    let result = self.kill(session, connection_id, query_only).await;
+                    session.handle_kill_done(now(), result);
+                }
+                Output::Statement(mut rec) => {
+                    if let Some(logger) = &self.shared.logger {
+                        rec.duration = now().saturating_duration_since(session.statement_started_at());
+                        logger.record(rec);
+                    }
+                }
+                Output::Close => {
+                    self.flush_client(&mut client_out).await?;
+                }
+            }
+        }
+        self.flush_client(&mut client_out).await
+    }
+
+    async fn flush_client(&mut self, out: &mut Vec<Bytes>) -> std::io::Result<()> {
+        match out.len() {
+            0 => return Ok(()),
+            1 => self.client.write_all(&out[0]).await?,
+            _ => {
+                let total: usize = out.iter().map(|b| b.len()).sum();
+                let mut joined = BytesMut::with_capacity(total);
+                for b in out.iter() {
+                    joined.extend_from_slice(b);
+                }
+                self.client.write_all(&joined).await?;
+            }
+        }
+        out.clear();
+        Ok(())
+    }
+
+    async fn kill(&mut self, session: &Session, target: u32, query_only: bool) -> Result<(), String> {
+        let unknown = format!("Unknown thread id: {target}");
+        let (thread, notify, user) = {
+            let sessions = self.shared.sessions.lock().map_err(|_| unknown.clone())?;
+            let h = sessions.get(&target).ok_or_else(|| unknown.clone())?;
+            (h.backend_thread.load(Ordering::Relaxed), h.kill.clone(), h.user.clone())
+        };
+        if user != session.user() {
+            return Err(format!("You are not owner of thread {target}"));
+        }
+        if target == self.id && !query_only {
+            self.kill.notify_one();
+            return Ok(());
+        }
+        if query_only {
+            if thread != 0 {
+                self.shared
+                    .pool
+                    .run_once(&format!("KILL QUERY {thread}"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        } else {
+            notify.notify_one();
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
