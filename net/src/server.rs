@@ -276,7 +276,9 @@ impl<S: Stream, C: Connector> ClientDriver<S, C> {
                 .client_idle_timeout
                 .filter(|_| session.is_idle())
                 .map(|t| Instant::now() + t);
-            let read_client = client_buf.len() < CLIENT_BUFFER_LIMIT;
+            // A packet being received must be read whole; while a command runs, pause
+            // reading once a megabyte of the next ones is buffered.
+            let read_client = session.wants_client_data() || client_buf.len() < CLIENT_BUFFER_LIMIT;
             let event = {
                 let client = &mut self.client;
                 let backend = self.backend.as_mut();
