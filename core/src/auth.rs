@@ -59,7 +59,10 @@ impl PasswordHashes {
     /// playground, never stored).
     pub fn from_password(password: &str) -> Self {
         if password.is_empty() {
-            return Self { native: None, sha2: None };
+            return Self {
+                native: None,
+                sha2: None,
+            };
         }
         let n1 = Sha1::digest(password.as_bytes());
         let s1 = Sha256::digest(password.as_bytes());
@@ -121,7 +124,11 @@ impl PasswordHashes {
                 h.update(nonce);
                 h.update(stage2);
                 let mask = h.finalize();
-                let stage1: Vec<u8> = response.iter().zip(mask.iter()).map(|(a, b)| a ^ b).collect();
+                let stage1: Vec<u8> = response
+                    .iter()
+                    .zip(mask.iter())
+                    .map(|(a, b)| a ^ b)
+                    .collect();
                 ct_eq(&Sha1::digest(&stage1), stage2)
             }
         }
@@ -139,7 +146,11 @@ impl PasswordHashes {
                 h.update(stage2);
                 h.update(nonce);
                 let mask = h.finalize();
-                let stage1: Vec<u8> = response.iter().zip(mask.iter()).map(|(a, b)| a ^ b).collect();
+                let stage1: Vec<u8> = response
+                    .iter()
+                    .zip(mask.iter())
+                    .map(|(a, b)| a ^ b)
+                    .collect();
                 ct_eq(&Sha256::digest(&stage1), stage2)
             }
         }
@@ -217,7 +228,10 @@ impl RsaKey {
             .to_public_key()
             .to_public_key_pem(LineEnding::LF)
             .map_err(|_| rsa::Error::Internal)?;
-        Ok(Self { private, public_pem })
+        Ok(Self {
+            private,
+            public_pem,
+        })
     }
 
     pub fn public_pem(&self) -> &str {
@@ -262,7 +276,10 @@ mod tests {
     fn native_hash_matches_mysql_format() {
         // PASSWORD('secret') in MySQL/MariaDB.
         let h = PasswordHashes::from_password("secret");
-        assert_eq!(h.native_string(), "*14E65567ABDB5135D0CFD9A70B3032C179A49EE7");
+        assert_eq!(
+            h.native_string(),
+            "*14E65567ABDB5135D0CFD9A70B3032C179A49EE7"
+        );
         let parsed = PasswordHashes::parse(&h.native_string(), &h.sha2_string()).unwrap();
         assert_eq!(parsed, h);
     }

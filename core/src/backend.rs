@@ -12,7 +12,9 @@ use mysql_common::io::ParseBuf;
 use mysql_common::packets::{AuthPlugin, HandshakePacket, HandshakeResponse};
 use mysql_common::proto::MySerialize;
 
-use crate::protocol::{self, cmd, parse_err, parse_ok, terminator_status, ErrInfo, OkSummary, Packet};
+use crate::protocol::{
+    self, cmd, parse_err, parse_ok, terminator_status, ErrInfo, OkSummary, Packet,
+};
 
 /// Why talking to a backend failed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -126,16 +128,22 @@ impl BackendLogin {
     fn scramble(&self, plugin: &[u8]) -> Result<Vec<u8>, BackendError> {
         let pw = self.password.as_bytes();
         match plugin {
-            b"mysql_native_password" => Ok(scramble_native(&self.nonce, pw).map(|s| s.to_vec()).unwrap_or_default()),
+            b"mysql_native_password" => Ok(scramble_native(&self.nonce, pw)
+                .map(|s| s.to_vec())
+                .unwrap_or_default()),
             b"caching_sha2_password" => {
                 let nonce: [u8; 20] = self
                     .nonce
                     .get(..20)
                     .and_then(|n| n.try_into().ok())
                     .ok_or(BackendError::Malformed("caching_sha2 nonce"))?;
-                Ok(scramble_sha256(&nonce, pw).map(|s| s.to_vec()).unwrap_or_default())
+                Ok(scramble_sha256(&nonce, pw)
+                    .map(|s| s.to_vec())
+                    .unwrap_or_default())
             }
-            other => Err(BackendError::UnsupportedPlugin(String::from_utf8_lossy(other).into_owned())),
+            other => Err(BackendError::UnsupportedPlugin(
+                String::from_utf8_lossy(other).into_owned(),
+            )),
         }
     }
 
@@ -160,7 +168,10 @@ impl BackendLogin {
                     .auth_plugin_name_ref()
                     .map(|n| n.to_vec())
                     .unwrap_or_else(|| b"mysql_native_password".to_vec());
-                if !matches!(&self.plugin[..], b"mysql_native_password" | b"caching_sha2_password") {
+                if !matches!(
+                    &self.plugin[..],
+                    b"mysql_native_password" | b"caching_sha2_password"
+                ) {
                     self.plugin = b"mysql_native_password".to_vec();
                 }
                 let scramble = self.scramble(&self.plugin.clone())?;
@@ -198,7 +209,10 @@ impl BackendLogin {
                 }
                 Some(0xff) => {
                     let e = parse_err(p).ok_or(BackendError::Malformed("login error"))?;
-                    Err(BackendError::LoginRefused(format!("{} ({})", e.message, e.code)))
+                    Err(BackendError::LoginRefused(format!(
+                        "{} ({})",
+                        e.message, e.code
+                    )))
                 }
                 Some(0xfe) => {
                     // Auth switch: plugin name NUL, then new nonce.
@@ -294,11 +308,20 @@ pub enum ResponseKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     First,
-    ColumnDefs { left: u64 },
+    ColumnDefs {
+        left: u64,
+    },
     ColumnsEof,
     Rows,
-    PrepareDefs { params: u64, columns: u64, in_params: bool },
-    PrepareEof { columns: u64, after_params: bool },
+    PrepareDefs {
+        params: u64,
+        columns: u64,
+        in_params: bool,
+    },
+    PrepareEof {
+        columns: u64,
+        after_params: bool,
+    },
     FieldDefs,
     LocalInfile,
     Done,
@@ -315,7 +338,11 @@ pub enum Interest {
     /// The server asks the client for a local file.
     LocalInfile,
     /// STMT_OK of a prepare: the backend statement id and counts.
-    PrepareOk { stmt_id: u32, params: u16, columns: u16 },
+    PrepareOk {
+        stmt_id: u32,
+        params: u16,
+        columns: u16,
+    },
     /// A packet whose content does not matter here (statistics string…).
     Other,
 }
@@ -326,7 +353,11 @@ pub enum Step {
     /// The next `n` bytes are plain pass-through (rows, column definitions).
     Pass(usize),
     /// A complete packet of interest of `total` bytes (header included) is next.
-    Packet { total: usize, seq: u8, interest: Interest },
+    Packet {
+        total: usize,
+        seq: u8,
+        interest: Interest,
+    },
     /// More bytes are needed.
     NeedMore,
 }
@@ -386,7 +417,12 @@ impl ResponseScanner {
     }
 
     fn is_terminator(&self, first: u8, len: usize) -> bool {
-        first == 0xfe && if self.deprecate_eof { len < protocol::MAX_CHUNK } else { len < 9 }
+        first == 0xfe
+            && if self.deprecate_eof {
+                len < protocol::MAX_CHUNK
+            } else {
+                len < 9
+            }
     }
 
     /// Looks at `buf` (which starts where the previous step ended) and says
@@ -428,18 +464,33 @@ impl ResponseScanner {
                 Phase::ColumnDefs { left } => {
                     *left -= 1;
                     if *left == 0 {
-                        self.phase = if self.deprecate_eof { Phase::Rows } else { Phase::ColumnsEof };
+                        self.phase = if self.deprecate_eof {
+                            Phase::Rows
+                        } else {
+                            Phase::ColumnsEof
+                        };
                     }
                 }
-                Phase::PrepareDefs { params, columns, in_params } => {
+                Phase::PrepareDefs {
+                    params,
+                    columns,
+                    in_params,
+                } => {
                     if *in_params {
                         *params -= 1;
                         if *params == 0 {
                             let columns = *columns;
                             self.phase = if !self.deprecate_eof {
-                                Phase::PrepareEof { columns, after_params: true }
+                                Phase::PrepareEof {
+                                    columns,
+                                    after_params: true,
+                                }
                             } else if columns > 0 {
-                                Phase::PrepareDefs { params: 0, columns, in_params: false }
+                                Phase::PrepareDefs {
+                                    params: 0,
+                                    columns,
+                                    in_params: false,
+                                }
                             } else {
                                 Phase::Done
                             };
@@ -450,7 +501,10 @@ impl ResponseScanner {
                             self.phase = if self.deprecate_eof {
                                 Phase::Done
                             } else {
-                                Phase::PrepareEof { columns: 0, after_params: false }
+                                Phase::PrepareEof {
+                                    columns: 0,
+                                    after_params: false,
+                                }
                             };
                         }
                     }
@@ -466,7 +520,11 @@ impl ResponseScanner {
         let payload = &buf[4..4 + len];
         let total = 4 + len;
         let interest = self.classify(payload);
-        Step::Packet { total, seq, interest }
+        Step::Packet {
+            total,
+            seq,
+            interest,
+        }
     }
 
     fn pass_packet(&mut self, buf: &[u8], len: usize) -> Step {
@@ -502,13 +560,25 @@ impl ResponseScanner {
                         let columns = u16::from_le_bytes([p[5], p[6]]);
                         let params = u16::from_le_bytes([p[7], p[8]]);
                         self.phase = if params > 0 {
-                            Phase::PrepareDefs { params: params as u64, columns: columns as u64, in_params: true }
+                            Phase::PrepareDefs {
+                                params: params as u64,
+                                columns: columns as u64,
+                                in_params: true,
+                            }
                         } else if columns > 0 {
-                            Phase::PrepareDefs { params: 0, columns: columns as u64, in_params: false }
+                            Phase::PrepareDefs {
+                                params: 0,
+                                columns: columns as u64,
+                                in_params: false,
+                            }
                         } else {
                             Phase::Done
                         };
-                        Interest::PrepareOk { stmt_id, params, columns }
+                        Interest::PrepareOk {
+                            stmt_id,
+                            params,
+                            columns,
+                        }
                     }
                     0x00 => match parse_ok(p) {
                         Some(ok) => {
@@ -576,17 +646,25 @@ impl ResponseScanner {
                 }
                 Interest::Terminator(status)
             }
-            Phase::PrepareEof { columns, after_params } => {
+            Phase::PrepareEof {
+                columns,
+                after_params,
+            } => {
                 self.phase = if after_params && columns > 0 {
-                    Phase::PrepareDefs { params: 0, columns, in_params: false }
+                    Phase::PrepareDefs {
+                        params: 0,
+                        columns,
+                        in_params: false,
+                    }
                 } else {
                     Phase::Done
                 };
                 Interest::Other
             }
-            Phase::ColumnDefs { .. } | Phase::PrepareDefs { .. } | Phase::LocalInfile | Phase::Done => {
-                Interest::Other
-            }
+            Phase::ColumnDefs { .. }
+            | Phase::PrepareDefs { .. }
+            | Phase::LocalInfile
+            | Phase::Done => Interest::Other,
         }
     }
 }
@@ -622,7 +700,11 @@ mod tests {
         }
         seq = write_packet(&mut w, seq, b"\x011\x012");
         seq = write_packet(&mut w, seq, b"\xfb\x012");
-        let status = if more { StatusFlags::SERVER_MORE_RESULTS_EXISTS } else { StatusFlags::empty() };
+        let status = if more {
+            StatusFlags::SERVER_MORE_RESULTS_EXISTS
+        } else {
+            StatusFlags::empty()
+        };
         if deprecate {
             write_packet(&mut w, seq, &ok_payload(0xfe, 0, 0, status, 0));
         } else {
@@ -708,7 +790,14 @@ mod tests {
             assert!(s.is_done());
             assert!(matches!(
                 steps[0],
-                Step::Packet { interest: Interest::PrepareOk { stmt_id: 7, params: 2, columns: 1 }, .. }
+                Step::Packet {
+                    interest: Interest::PrepareOk {
+                        stmt_id: 7,
+                        params: 2,
+                        columns: 1
+                    },
+                    ..
+                }
             ));
         }
     }
@@ -719,11 +808,21 @@ mod tests {
         let mut seq = write_packet(&mut w, 1, &[1]);
         seq = write_packet(&mut w, seq, b"\x03def");
         seq = write_packet(&mut w, seq, b"\x011");
-        write_packet(&mut w, seq, &protocol::err_payload(1317, "70100", "interrupted"));
+        write_packet(
+            &mut w,
+            seq,
+            &protocol::err_payload(1317, "70100", "interrupted"),
+        );
         let mut s = ResponseScanner::new(ResponseKind::Generic, true);
         let steps = scan_all(&mut s, &w);
         assert!(s.is_done());
-        assert!(matches!(steps.last(), Some(Step::Packet { interest: Interest::Err, .. })));
+        assert!(matches!(
+            steps.last(),
+            Some(Step::Packet {
+                interest: Interest::Err,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -749,7 +848,11 @@ mod tests {
         row.extend_from_slice(&(protocol::MAX_CHUNK as u64 + 100).to_le_bytes());
         row.resize(9 + protocol::MAX_CHUNK + 100, b'x');
         seq = write_packet(&mut w, seq, &row);
-        write_packet(&mut w, seq, &ok_payload(0xfe, 0, 0, StatusFlags::empty(), 0));
+        write_packet(
+            &mut w,
+            seq,
+            &ok_payload(0xfe, 0, 0, StatusFlags::empty(), 0),
+        );
         let mut s = ResponseScanner::new(ResponseKind::Generic, true);
         scan_all(&mut s, &w);
         assert!(s.is_done());

@@ -237,21 +237,29 @@ impl Config {
 
     /// Checks every value and resolves the parts the proxy uses directly.
     pub fn validate(&self) -> Result<Validated, ConfigError> {
-        let listen = self
-            .listen
-            .parse::<SocketAddr>()
-            .map_err(|_| bad("listen", format!("`{}` is not an address like 127.0.0.1:3307", self.listen)))?;
+        let listen = self.listen.parse::<SocketAddr>().map_err(|_| {
+            bad(
+                "listen",
+                format!("`{}` is not an address like 127.0.0.1:3307", self.listen),
+            )
+        })?;
         let mut allow = Vec::new();
         for (i, a) in self.allow.iter().enumerate() {
             allow.push(Cidr::parse(a).ok_or_else(|| {
-                bad(format!("allow[{i}]"), format!("`{a}` is not a network like 10.0.0.0/8"))
+                bad(
+                    format!("allow[{i}]"),
+                    format!("`{a}` is not a network like 10.0.0.0/8"),
+                )
             })?);
         }
         if self.max_client_connections == 0 {
             return Err(bad("max_client_connections", "must be at least 1"));
         }
         if self.max_allowed_packet < 1024 || self.max_allowed_packet > 1 << 30 {
-            return Err(bad("max_allowed_packet", "must be between 1024 and 1073741824 bytes"));
+            return Err(bad(
+                "max_allowed_packet",
+                "must be between 1024 and 1073741824 bytes",
+            ));
         }
         if self.users.is_empty() {
             return Err(bad("users", "at least one user is needed"));
@@ -262,21 +270,32 @@ impl Config {
                 return Err(bad(format!("users[{i}].name"), "must not be empty"));
             }
             if users.iter().any(|x: &User| x.name == u.name) {
-                return Err(bad(format!("users[{i}].name"), format!("user `{}` is listed twice", u.name)));
+                return Err(bad(
+                    format!("users[{i}].name"),
+                    format!("user `{}` is listed twice", u.name),
+                ));
             }
             let hashes = PasswordHashes::parse(&u.password_native, &u.password_sha2)
                 .map_err(|m| bad(format!("users[{i}]"), m))?;
-            let method = AuthMethod::from_plugin_name(u.auth_plugin.as_bytes()).ok_or_else(|| {
-                bad(
-                    format!("users[{i}].auth_plugin"),
-                    "must be mysql_native_password or caching_sha2_password",
-                )
-            })?;
+            let method =
+                AuthMethod::from_plugin_name(u.auth_plugin.as_bytes()).ok_or_else(|| {
+                    bad(
+                        format!("users[{i}].auth_plugin"),
+                        "must be mysql_native_password or caching_sha2_password",
+                    )
+                })?;
             if method == AuthMethod::Native && hashes.native.is_none() && hashes.sha2.is_some() {
-                return Err(bad(format!("users[{i}].password_native"), "needed for mysql_native_password"));
+                return Err(bad(
+                    format!("users[{i}].password_native"),
+                    "needed for mysql_native_password",
+                ));
             }
-            if method == AuthMethod::CachingSha2 && hashes.sha2.is_none() && hashes.native.is_some() {
-                return Err(bad(format!("users[{i}].password_sha2"), "needed for caching_sha2_password"));
+            if method == AuthMethod::CachingSha2 && hashes.sha2.is_none() && hashes.native.is_some()
+            {
+                return Err(bad(
+                    format!("users[{i}].password_sha2"),
+                    "needed for caching_sha2_password",
+                ));
             }
             users.push(User {
                 name: u.name.clone(),
@@ -317,7 +336,9 @@ impl Config {
 
 fn check_host_port(key: &str, v: &str) -> Result<(), ConfigError> {
     match v.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(()),
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(())
+        }
         _ => Err(bad(key, format!("`{v}` is not host:port"))),
     }
 }
@@ -372,7 +393,9 @@ user = "root"
         assert!(c.contains("10.1.200.3".parse().unwrap()));
         assert!(!c.contains("10.2.0.1".parse().unwrap()));
         assert!(c.contains("::ffff:10.1.0.9".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
         assert!(Cidr::parse("::1").unwrap().contains("::1".parse().unwrap()));
         assert!(Cidr::parse("1.2.3.4/33").is_none());
     }

@@ -189,7 +189,13 @@ pub fn sql_state_for(code: u16) -> &'static str {
 
 /// Builds an OK packet payload. `header` is 0x00, or 0xFE for a result-set
 /// terminator under `CLIENT_DEPRECATE_EOF`.
-pub fn ok_payload(header: u8, affected: u64, last_insert_id: u64, status: StatusFlags, warnings: u16) -> Vec<u8> {
+pub fn ok_payload(
+    header: u8,
+    affected: u64,
+    last_insert_id: u64,
+    status: StatusFlags,
+    warnings: u16,
+) -> Vec<u8> {
     let mut p = Vec::with_capacity(16);
     p.push(header);
     put_lenenc_int(&mut p, affected);
@@ -291,7 +297,9 @@ pub fn terminator_status(payload: &[u8]) -> Option<StatusFlags> {
         return None;
     }
     if payload.len() == 5 {
-        Some(StatusFlags::from_bits_truncate(u16::from_le_bytes([payload[3], payload[4]])))
+        Some(StatusFlags::from_bits_truncate(u16::from_le_bytes([
+            payload[3], payload[4],
+        ])))
     } else {
         parse_ok(payload).map(|ok| ok.status)
     }
@@ -305,7 +313,10 @@ pub fn split_ok_tail<'a>(payload: &'a [u8], ok: &OkSummary) -> Option<(&'a [u8],
         return Some((&[], &[]));
     }
     let info = read_lenenc_str(&mut tail)?;
-    let state = if ok.status.contains(StatusFlags::SERVER_SESSION_STATE_CHANGED) {
+    let state = if ok
+        .status
+        .contains(StatusFlags::SERVER_SESSION_STATE_CHANGED)
+    {
         read_lenenc_str(&mut tail)?
     } else {
         &[]
@@ -320,7 +331,13 @@ pub fn strip_session_state(payload: &[u8]) -> Option<Vec<u8>> {
     let (info, _) = split_ok_tail(payload, &ok)?;
     let mut status = ok.status;
     status.remove(StatusFlags::SERVER_SESSION_STATE_CHANGED);
-    let mut p = ok_payload(payload[0], ok.affected_rows, ok.last_insert_id, status, ok.warnings);
+    let mut p = ok_payload(
+        payload[0],
+        ok.affected_rows,
+        ok.last_insert_id,
+        status,
+        ok.warnings,
+    );
     if !info.is_empty() {
         put_lenenc_str(&mut p, info);
     }
@@ -359,7 +376,9 @@ pub fn decode_state_changes(mut block: &[u8]) -> Vec<StateChange> {
             }
             0x01 => {
                 if let Some(schema) = read_lenenc_str(&mut data) {
-                    out.push(StateChange::Schema(String::from_utf8_lossy(schema).into_owned()));
+                    out.push(StateChange::Schema(
+                        String::from_utf8_lossy(schema).into_owned(),
+                    ));
                 }
             }
             _ => {}
@@ -383,7 +402,10 @@ pub fn parse_err(payload: &[u8]) -> Option<ErrInfo> {
     let code = u16::from_le_bytes([payload[1], payload[2]]);
     let rest = &payload[3..];
     let (state, msg) = if rest.first() == Some(&b'#') && rest.len() >= 6 {
-        (String::from_utf8_lossy(&rest[1..6]).into_owned(), &rest[6..])
+        (
+            String::from_utf8_lossy(&rest[1..6]).into_owned(),
+            &rest[6..],
+        )
     } else {
         ("HY000".to_string(), rest)
     };
@@ -453,7 +475,11 @@ mod tests {
         let big = vec![1u8; MAX_CHUNK];
         let mut wire = BytesMut::new();
         write_packet(&mut wire, 0, &big);
-        assert_eq!(wire.len(), MAX_CHUNK + 8, "an empty trailing chunk ends the packet");
+        assert_eq!(
+            wire.len(),
+            MAX_CHUNK + 8,
+            "an empty trailing chunk ends the packet"
+        );
         let mut r = FrameReader::new(64 << 20);
         let p = r.next_packet(&mut wire).unwrap().unwrap();
         assert_eq!(p.payload.len(), MAX_CHUNK);
@@ -467,7 +493,10 @@ mod tests {
         r.expect_seq(Some(0));
         assert_eq!(
             r.next_packet(&mut wire).unwrap_err(),
-            FrameError::OutOfOrder { expected: 0, got: 3 }
+            FrameError::OutOfOrder {
+                expected: 0,
+                got: 3
+            }
         );
     }
 
@@ -476,24 +505,41 @@ mod tests {
         let mut wire = BytesMut::new();
         write_packet(&mut wire, 0, &[0u8; 2000]);
         let mut r = FrameReader::new(1024);
-        assert!(matches!(r.next_packet(&mut wire), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            r.next_packet(&mut wire),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn ok_round_trip_and_strip() {
-        let mut p = ok_payload(0, 3, 7, StatusFlags::SERVER_SESSION_STATE_CHANGED | StatusFlags::SERVER_STATUS_AUTOCOMMIT, 1);
+        let mut p = ok_payload(
+            0,
+            3,
+            7,
+            StatusFlags::SERVER_SESSION_STATE_CHANGED | StatusFlags::SERVER_STATUS_AUTOCOMMIT,
+            1,
+        );
         put_lenenc_str(&mut p, b"Rows matched: 3");
         let mut block = vec![0x01];
         put_lenenc_str(&mut block, &[4, b't', b'e', b's', b't']);
         put_lenenc_str(&mut p, &block);
         let ok = parse_ok(&p).unwrap();
-        assert_eq!((ok.affected_rows, ok.last_insert_id, ok.warnings), (3, 7, 1));
+        assert_eq!(
+            (ok.affected_rows, ok.last_insert_id, ok.warnings),
+            (3, 7, 1)
+        );
         let (info, state) = split_ok_tail(&p, &ok).unwrap();
         assert_eq!(info, b"Rows matched: 3");
-        assert_eq!(decode_state_changes(state), vec![StateChange::Schema("test".into())]);
+        assert_eq!(
+            decode_state_changes(state),
+            vec![StateChange::Schema("test".into())]
+        );
         let stripped = strip_session_state(&p).unwrap();
         let ok2 = parse_ok(&stripped).unwrap();
-        assert!(!ok2.status.contains(StatusFlags::SERVER_SESSION_STATE_CHANGED));
+        assert!(!ok2
+            .status
+            .contains(StatusFlags::SERVER_SESSION_STATE_CHANGED));
         let mut tail = &stripped[ok2.tail_offset..];
         assert_eq!(read_lenenc_str(&mut tail).unwrap(), b"Rows matched: 3");
         assert!(tail.is_empty());
@@ -503,7 +549,10 @@ mod tests {
     fn err_packet_parses_back() {
         let p = err_payload(1045, "28000", "Access denied");
         let e = parse_err(&p).unwrap();
-        assert_eq!((e.code, e.state.as_str(), e.message.as_str()), (1045, "28000", "Access denied"));
+        assert_eq!(
+            (e.code, e.state.as_str(), e.message.as_str()),
+            (1045, "28000", "Access denied")
+        );
     }
 
     #[test]

@@ -21,7 +21,9 @@ use mysql_common::proto::MySerialize;
 use crate::auth::{AuthMethod, RsaKey, Sha2Cache};
 use crate::backend::{BackendMeta, Interest, ResponseKind, ResponseScanner, Step};
 use crate::config::User;
-use crate::protocol::{self, cmd, code, err_payload, ok_payload, sql_state_for, FrameError, FrameReader, Packet};
+use crate::protocol::{
+    self, cmd, code, err_payload, ok_payload, sql_state_for, FrameError, FrameReader, Packet,
+};
 
 /// Everything sessions share: users, auth material, limits. Immutable; a
 /// reload swaps in a new one for new sessions.
@@ -53,7 +55,10 @@ pub enum Output {
     /// if `reusable`, else close it.
     ReleaseBackend { meta: BackendMeta, reusable: bool },
     /// Kill another session's statement or connection (answer with `kill_done`).
-    Kill { connection_id: u32, query_only: bool },
+    Kill {
+        connection_id: u32,
+        query_only: bool,
+    },
     /// A statement finished (only with `record_statements`).
     Statement(StatementRecord),
     /// Close the client connection (after writing what came before).
@@ -84,7 +89,11 @@ enum AuthStage {
 #[derive(Debug)]
 enum Phase {
     AwaitHandshake,
-    Auth { stage: AuthStage, method: AuthMethod, change_user: bool },
+    Auth {
+        stage: AuthStage,
+        method: AuthMethod,
+        change_user: bool,
+    },
     /// Logged in; the value says what, if anything, is in progress.
     Command(Busy),
     Closed,
@@ -97,9 +106,15 @@ enum Busy {
     Acquiring,
     /// Bringing the backend to the session's state: internal commands whose
     /// answers are swallowed.
-    Restoring { scanner: ResponseScanner, left: VecDeque<Internal> },
+    Restoring {
+        scanner: ResponseScanner,
+        left: VecDeque<Internal>,
+    },
     /// A client command's response streams back.
-    Forwarding { scanner: ResponseScanner, what: Forwarded },
+    Forwarding {
+        scanner: ResponseScanner,
+        what: Forwarded,
+    },
     /// Waiting for the driver to carry out a KILL.
     Killing,
 }
@@ -218,7 +233,13 @@ fn frame(seq: u8, payload: &[u8]) -> Bytes {
 impl Session {
     /// Starts a session and queues the server greeting. `nonce` must be 20
     /// random bytes from the driver (no NUL bytes are needed: they are mapped).
-    pub fn new(ctx: Arc<SessionContext>, connection_id: u32, client_addr: IpAddr, nonce: [u8; 20], now: Instant) -> Self {
+    pub fn new(
+        ctx: Arc<SessionContext>,
+        connection_id: u32,
+        client_addr: IpAddr,
+        nonce: [u8; 20],
+        now: Instant,
+    ) -> Self {
         let mut nonce = nonce;
         for b in nonce.iter_mut() {
             // Printable, non-NUL scramble bytes, as MySQL servers send.
@@ -326,8 +347,10 @@ impl Session {
 
     fn send_ok(&mut self, seq: u8) {
         let status = self.status_flags();
-        self.out
-            .push_back(Output::ToClient(frame(seq, &ok_payload(0, 0, 0, status, 0))));
+        self.out.push_back(Output::ToClient(frame(
+            seq,
+            &ok_payload(0, 0, 0, status, 0),
+        )));
     }
 
     fn status_flags(&self) -> StatusFlags {
@@ -355,7 +378,10 @@ impl Session {
         if matches!(self.phase, Phase::Closed) {
             return;
         }
-        let reusable = matches!(self.phase, Phase::Command(Busy::Idle | Busy::Acquiring | Busy::Killing));
+        let reusable = matches!(
+            self.phase,
+            Phase::Command(Busy::Idle | Busy::Acquiring | Busy::Killing)
+        );
         self.release_backend(reusable);
         self.phase = Phase::Closed;
         self.out.push_back(Output::Close);
@@ -363,7 +389,8 @@ impl Session {
 
     fn release_backend(&mut self, reusable: bool) {
         if let Some(meta) = self.backend.take() {
-            self.out.push_back(Output::ReleaseBackend { meta, reusable });
+            self.out
+                .push_back(Output::ReleaseBackend { meta, reusable });
         }
         for s in self.stmts.values_mut() {
             s.backend_id = None;
@@ -385,12 +412,15 @@ impl Session {
                 Ok(Some(p)) => p,
                 Ok(None) => return,
                 Err(FrameError::TooLarge { max }) => {
-                    let msg = format!("Got a packet bigger than 'max_allowed_packet' bytes ({max})");
+                    let msg =
+                        format!("Got a packet bigger than 'max_allowed_packet' bytes ({max})");
                     self.close_with(1, code::ER_NET_PACKET_TOO_LARGE, &msg);
                     return;
                 }
                 Err(FrameError::OutOfOrder { expected, got }) => {
-                    let msg = format!("Got packets out of order (sequence id {got}, expected {expected})");
+                    let msg = format!(
+                        "Got packets out of order (sequence id {got}, expected {expected})"
+                    );
                     self.close_with(expected, code::ER_NET_PACKETS_OUT_OF_ORDER, &msg);
                     return;
                 }
@@ -409,7 +439,10 @@ impl Session {
     /// response was in flight).
     pub fn handle_client_closed(&mut self, _now: Instant) {
         if !matches!(self.phase, Phase::Closed) {
-            let reusable = matches!(self.phase, Phase::Command(Busy::Idle | Busy::Acquiring | Busy::Killing));
+            let reusable = matches!(
+                self.phase,
+                Phase::Command(Busy::Idle | Busy::Acquiring | Busy::Killing)
+            );
             self.release_backend(reusable);
             self.phase = Phase::Closed;
         }
@@ -418,7 +451,10 @@ impl Session {
     /// The driver attached a backend connection (after `AcquireBackend`).
     pub fn handle_backend_attached(&mut self, now: Instant, meta: BackendMeta) {
         if matches!(self.phase, Phase::Closed) {
-            self.out.push_back(Output::ReleaseBackend { meta, reusable: true });
+            self.out.push_back(Output::ReleaseBackend {
+                meta,
+                reusable: true,
+            });
             return;
         }
         self.backend = Some(meta);
@@ -441,8 +477,13 @@ impl Session {
 
     /// The attached backend connection broke (closed, reset, timed out).
     pub fn handle_backend_closed(&mut self, _now: Instant, reason: &str) {
-        let Some(meta) = self.backend.take() else { return };
-        self.out.push_back(Output::ReleaseBackend { meta, reusable: false });
+        let Some(meta) = self.backend.take() else {
+            return;
+        };
+        self.out.push_back(Output::ReleaseBackend {
+            meta,
+            reusable: false,
+        });
         for s in self.stmts.values_mut() {
             s.backend_id = None;
             s.types_sent = false;
@@ -457,7 +498,11 @@ impl Session {
                     return;
                 }
                 let seq = scanner.last_seq.wrapping_add(1);
-                let tx = if was_in_tx { "; the open transaction was rolled back" } else { "" };
+                let tx = if was_in_tx {
+                    "; the open transaction was rolled back"
+                } else {
+                    ""
+                };
                 let msg = format!("Lost connection to backend during query ({reason}){tx}");
                 self.send_err(seq, code::ER_CONNECT_TO_BACKEND, &msg);
                 self.end_statement_record();
@@ -465,7 +510,8 @@ impl Session {
             Phase::Command(Busy::Restoring { .. }) => {
                 let seq = self.pending_reply_seq();
                 self.pending = None;
-                let msg = format!("Lost connection to backend while preparing the session ({reason})");
+                let msg =
+                    format!("Lost connection to backend while preparing the session ({reason})");
                 self.send_err(seq, code::ER_CONNECT_TO_BACKEND, &msg);
                 self.finish_login_if_pending(false);
                 self.end_statement_record();
@@ -569,23 +615,36 @@ impl Session {
         let reply_seq = pkt.seq.wrapping_add(1);
         if p.len() < 32 {
             // An SSL request is 32 bytes; anything shorter is not a login.
-            let msg = if p.len() == 32 { "TLS is not supported by this Tessera listener" } else { "Bad handshake" };
+            let msg = if p.len() == 32 {
+                "TLS is not supported by this Tessera listener"
+            } else {
+                "Bad handshake"
+            };
             self.close_with(reply_seq, code::ER_HANDSHAKE_ERROR, msg);
             return;
         }
-        let caps = CapabilityFlags::from_bits_truncate(u32::from_le_bytes([p[0], p[1], p[2], p[3]]));
+        let caps =
+            CapabilityFlags::from_bits_truncate(u32::from_le_bytes([p[0], p[1], p[2], p[3]]));
         if caps.contains(CapabilityFlags::CLIENT_SSL) {
             self.close_with(reply_seq, code::ER_HANDSHAKE_ERROR, "TLS is not supported by this Tessera listener; connect without TLS (e.g. --ssl=0 / --skip-ssl)");
             return;
         }
         if !caps.contains(CapabilityFlags::CLIENT_PROTOCOL_41) {
-            self.close_with(reply_seq, code::ER_HANDSHAKE_ERROR, "Tessera needs a client that speaks protocol 4.1");
+            self.close_with(
+                reply_seq,
+                code::ER_HANDSHAKE_ERROR,
+                "Tessera needs a client that speaks protocol 4.1",
+            );
             return;
         }
         let hr: HandshakeResponse<'_> = match ParseBuf(p).parse(()) {
             Ok(h) => h,
             Err(_) => {
-                self.close_with(reply_seq, code::ER_HANDSHAKE_ERROR, "Bad handshake: malformed handshake response");
+                self.close_with(
+                    reply_seq,
+                    code::ER_HANDSHAKE_ERROR,
+                    "Bad handshake: malformed handshake response",
+                );
                 return;
             }
         };
@@ -604,7 +663,14 @@ impl Session {
             collation,
             auth_seq: pkt.seq,
         });
-        self.begin_auth(now, &user, client_plugin.as_deref(), &response, reply_seq, false);
+        self.begin_auth(
+            now,
+            &user,
+            client_plugin.as_deref(),
+            &response,
+            reply_seq,
+            false,
+        );
     }
 
     fn access_denied(&self, user: &str, used_password: bool) -> String {
@@ -618,7 +684,15 @@ impl Session {
 
     /// Checks the first auth response, switching plugins when the user's
     /// differs from the one the client used.
-    fn begin_auth(&mut self, now: Instant, user: &str, client_plugin: Option<&[u8]>, response: &[u8], reply_seq: u8, change_user: bool) {
+    fn begin_auth(
+        &mut self,
+        now: Instant,
+        user: &str,
+        client_plugin: Option<&[u8]>,
+        response: &[u8],
+        reply_seq: u8,
+        change_user: bool,
+    ) {
         let Some(u) = self.ctx.users.get(user).cloned() else {
             let msg = self.access_denied(user, !response.is_empty());
             self.fail_auth(reply_seq, &msg, change_user);
@@ -633,16 +707,33 @@ impl Session {
             let req = AuthSwitchRequest::new(method.plugin_name().as_bytes(), data);
             let mut payload = Vec::new();
             req.serialize(&mut payload);
-            self.out.push_back(Output::ToClient(frame(reply_seq, &payload)));
-            self.phase = Phase::Auth { stage: AuthStage::Switched, method, change_user };
+            self.out
+                .push_back(Output::ToClient(frame(reply_seq, &payload)));
+            self.phase = Phase::Auth {
+                stage: AuthStage::Switched,
+                method,
+                change_user,
+            };
             self.frames.expect_seq(Some(reply_seq.wrapping_add(1)));
             return;
         }
-        self.phase = Phase::Auth { stage: AuthStage::Switched, method, change_user };
+        self.phase = Phase::Auth {
+            stage: AuthStage::Switched,
+            method,
+            change_user,
+        };
         self.check_scramble(now, &u, method, response, reply_seq, change_user);
     }
 
-    fn check_scramble(&mut self, now: Instant, u: &User, method: AuthMethod, response: &[u8], reply_seq: u8, change_user: bool) {
+    fn check_scramble(
+        &mut self,
+        now: Instant,
+        u: &User,
+        method: AuthMethod,
+        response: &[u8],
+        reply_seq: u8,
+        change_user: bool,
+    ) {
         match method {
             AuthMethod::Native => {
                 if u.hashes.verify_native(&self.nonce, response) {
@@ -662,17 +753,25 @@ impl Session {
                     }
                     return;
                 }
-                if self.ctx.sha2_cache.contains(&u.name) && u.hashes.verify_sha2_scramble(&self.nonce, response) {
+                if self.ctx.sha2_cache.contains(&u.name)
+                    && u.hashes.verify_sha2_scramble(&self.nonce, response)
+                {
                     // fast_auth_success, then OK.
-                    self.out.push_back(Output::ToClient(frame(reply_seq, &[0x01, 0x03])));
+                    self.out
+                        .push_back(Output::ToClient(frame(reply_seq, &[0x01, 0x03])));
                     self.auth_succeeded(now, reply_seq.wrapping_add(1));
                 } else if response.is_empty() {
                     let msg = self.access_denied(&u.name, false);
                     self.fail_auth(reply_seq, &msg, change_user);
                 } else {
                     // perform_full_authentication
-                    self.out.push_back(Output::ToClient(frame(reply_seq, &[0x01, 0x04])));
-                    self.phase = Phase::Auth { stage: AuthStage::FullAuth, method, change_user };
+                    self.out
+                        .push_back(Output::ToClient(frame(reply_seq, &[0x01, 0x04])));
+                    self.phase = Phase::Auth {
+                        stage: AuthStage::FullAuth,
+                        method,
+                        change_user,
+                    };
                     self.frames.expect_seq(Some(reply_seq.wrapping_add(1)));
                 }
             }
@@ -680,9 +779,20 @@ impl Session {
     }
 
     fn on_auth_data(&mut self, now: Instant, pkt: Packet) {
-        let Phase::Auth { stage, method, change_user } = self.phase else { return };
+        let Phase::Auth {
+            stage,
+            method,
+            change_user,
+        } = self.phase
+        else {
+            return;
+        };
         let reply_seq = pkt.seq.wrapping_add(1);
-        let user_name = self.pending_login.as_ref().map(|l| l.user.clone()).unwrap_or_default();
+        let user_name = self
+            .pending_login
+            .as_ref()
+            .map(|l| l.user.clone())
+            .unwrap_or_default();
         let Some(u) = self.ctx.users.get(&user_name).cloned() else {
             let msg = self.access_denied(&user_name, true);
             self.fail_auth(reply_seq, &msg, change_user);
@@ -690,7 +800,9 @@ impl Session {
         };
         let data = &pkt.payload[..];
         match stage {
-            AuthStage::Switched => self.check_scramble(now, &u, method, data, reply_seq, change_user),
+            AuthStage::Switched => {
+                self.check_scramble(now, &u, method, data, reply_seq, change_user)
+            }
             AuthStage::FullAuth | AuthStage::KeySent => {
                 if stage == AuthStage::FullAuth && data == [0x02] {
                     match self.ctx.rsa.clone() {
@@ -741,13 +853,17 @@ impl Session {
     }
 
     fn auth_succeeded(&mut self, now: Instant, reply_seq: u8) {
-        let Some(mut login) = self.pending_login.take() else { return };
+        let Some(mut login) = self.pending_login.take() else {
+            return;
+        };
         login.auth_seq = reply_seq;
         self.user = login.user.clone();
         self.wanted = Wanted {
             schema: login.schema.clone(),
             vars: charset_vars(login.collation),
-            multi_statements: self.client_caps.contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
+            multi_statements: self
+                .client_caps
+                .contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
         };
         self.in_transaction = false;
         self.frames.expect_seq(Some(0));
@@ -766,7 +882,9 @@ impl Session {
     /// After a login that needed a backend (to check the database): say OK or
     /// ERR to the client and drop the connection on failure.
     fn finish_login_if_pending(&mut self, success: bool) {
-        let Some(login) = self.pending_login.take() else { return };
+        let Some(login) = self.pending_login.take() else {
+            return;
+        };
         if success {
             self.send_ok(login.auth_seq);
         } else {
@@ -781,7 +899,11 @@ impl Session {
         self.started = now;
         self.last_error = None;
         let Some(&command) = pkt.payload.first() else {
-            self.send_err(1, code::ER_MALFORMED_PACKET, "Malformed communication packet: empty command");
+            self.send_err(
+                1,
+                code::ER_MALFORMED_PACKET,
+                "Malformed communication packet: empty command",
+            );
             return;
         };
         if self.ctx.record_statements {
@@ -800,19 +922,34 @@ impl Session {
             cmd::QUERY => {
                 if let Some((id, query_only)) = parse_kill(&pkt.payload[1..]) {
                     self.phase = Phase::Command(Busy::Killing);
-                    self.out.push_back(Output::Kill { connection_id: id, query_only });
+                    self.out.push_back(Output::Kill {
+                        connection_id: id,
+                        query_only,
+                    });
                     return;
                 }
                 self.forward_or_acquire(now, pkt);
             }
             cmd::PROCESS_KILL => {
                 if pkt.payload.len() < 5 {
-                    self.send_err(1, code::ER_MALFORMED_PACKET, "Malformed communication packet: COM_PROCESS_KILL");
+                    self.send_err(
+                        1,
+                        code::ER_MALFORMED_PACKET,
+                        "Malformed communication packet: COM_PROCESS_KILL",
+                    );
                     return;
                 }
-                let id = u32::from_le_bytes([pkt.payload[1], pkt.payload[2], pkt.payload[3], pkt.payload[4]]);
+                let id = u32::from_le_bytes([
+                    pkt.payload[1],
+                    pkt.payload[2],
+                    pkt.payload[3],
+                    pkt.payload[4],
+                ]);
                 self.phase = Phase::Command(Busy::Killing);
-                self.out.push_back(Output::Kill { connection_id: id, query_only: false });
+                self.out.push_back(Output::Kill {
+                    connection_id: id,
+                    query_only: false,
+                });
             }
             cmd::CHANGE_USER => self.on_change_user(now, pkt),
             cmd::INIT_DB
@@ -821,12 +958,25 @@ impl Session {
             | cmd::SET_OPTION
             | cmd::RESET_CONNECTION
             | cmd::STMT_PREPARE => self.forward_or_acquire(now, pkt),
-            cmd::STMT_EXECUTE | cmd::STMT_SEND_LONG_DATA | cmd::STMT_CLOSE | cmd::STMT_RESET | cmd::STMT_FETCH => {
+            cmd::STMT_EXECUTE
+            | cmd::STMT_SEND_LONG_DATA
+            | cmd::STMT_CLOSE
+            | cmd::STMT_RESET
+            | cmd::STMT_FETCH => {
                 if pkt.payload.len() < 5 {
-                    self.send_err(1, code::ER_MALFORMED_PACKET, "Malformed communication packet: statement id missing");
+                    self.send_err(
+                        1,
+                        code::ER_MALFORMED_PACKET,
+                        "Malformed communication packet: statement id missing",
+                    );
                     return;
                 }
-                let id = u32::from_le_bytes([pkt.payload[1], pkt.payload[2], pkt.payload[3], pkt.payload[4]]);
+                let id = u32::from_le_bytes([
+                    pkt.payload[1],
+                    pkt.payload[2],
+                    pkt.payload[3],
+                    pkt.payload[4],
+                ]);
                 if !self.stmts.contains_key(&id) {
                     if matches!(command, cmd::STMT_CLOSE | cmd::STMT_SEND_LONG_DATA) {
                         return; // no response is expected, as in MySQL
@@ -843,7 +993,9 @@ impl Session {
                 }
                 if command == cmd::STMT_CLOSE {
                     let st = self.stmts.remove(&id);
-                    if let (Some(bid), Some(_)) = (st.and_then(|s| s.backend_id), self.backend.as_ref()) {
+                    if let (Some(bid), Some(_)) =
+                        (st.and_then(|s| s.backend_id), self.backend.as_ref())
+                    {
                         let mut p = pkt.payload.to_vec();
                         p[1..5].copy_from_slice(&bid.to_le_bytes());
                         self.out.push_back(Output::ToBackend(frame(0, &p)));
@@ -924,7 +1076,9 @@ impl Session {
     /// Internal commands that bring the attached backend to the wanted state.
     fn restore_plan(&self) -> VecDeque<Internal> {
         let mut plan = VecDeque::new();
-        let Some(meta) = &self.backend else { return plan };
+        let Some(meta) = &self.backend else {
+            return plan;
+        };
         let st = &meta.state;
         let mut assignments: Vec<String> = Vec::new();
         if !st.tracking {
@@ -933,24 +1087,40 @@ impl Session {
         }
         for (name, value) in &self.wanted.vars {
             if st.vars.get(name) != Some(value) && !UNRESTORABLE.contains(&name.as_str()) {
-                assignments.push(format!("@@session.`{}`={}", name.replace('`', "``"), sql_value(value)));
+                assignments.push(format!(
+                    "@@session.`{}`={}",
+                    name.replace('`', "``"),
+                    sql_value(value)
+                ));
             }
         }
         if !assignments.is_empty() {
             let sql = format!("SET {}", assignments.join(", "));
-            plan.push_back(Internal::Send(crate::backend::query_request(&sql), ResponseKind::Generic, InternalPurpose::Restore));
+            plan.push_back(Internal::Send(
+                crate::backend::query_request(&sql),
+                ResponseKind::Generic,
+                InternalPurpose::Restore,
+            ));
         }
         if st.multi_statements != Some(self.wanted.multi_statements) {
             let opt: u16 = if self.wanted.multi_statements { 0 } else { 1 };
             let mut p = vec![cmd::SET_OPTION];
             p.extend_from_slice(&opt.to_le_bytes());
-            plan.push_back(Internal::Send(frame(0, &p), ResponseKind::Generic, InternalPurpose::Restore));
+            plan.push_back(Internal::Send(
+                frame(0, &p),
+                ResponseKind::Generic,
+                InternalPurpose::Restore,
+            ));
         }
         if let Some(schema) = &self.wanted.schema {
             if st.schema.as_deref() != Some(schema) {
                 let mut p = vec![cmd::INIT_DB];
                 p.extend_from_slice(schema.as_bytes());
-                plan.push_back(Internal::Send(frame(0, &p), ResponseKind::Generic, InternalPurpose::Restore));
+                plan.push_back(Internal::Send(
+                    frame(0, &p),
+                    ResponseKind::Generic,
+                    InternalPurpose::Restore,
+                ));
             }
         }
         plan
@@ -980,7 +1150,11 @@ impl Session {
 
     /// Records the outcome of an internal command. `Err` carries an error
     /// for the client.
-    fn after_internal(&mut self, result: InternalResult, purpose: InternalPurpose) -> Result<(), (u16, String)> {
+    fn after_internal(
+        &mut self,
+        result: InternalResult,
+        purpose: InternalPurpose,
+    ) -> Result<(), (u16, String)> {
         match (purpose, result) {
             (InternalPurpose::Restore, InternalResult::Ok { changes }) => {
                 self.apply_backend_changes(&changes);
@@ -1009,9 +1183,10 @@ impl Session {
     }
 
     fn deprecate_eof(&self) -> bool {
-        self.backend
-            .as_ref()
-            .is_some_and(|b| b.capabilities.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF))
+        self.backend.as_ref().is_some_and(|b| {
+            b.capabilities
+                .contains(CapabilityFlags::CLIENT_DEPRECATE_EOF)
+        })
     }
 
     fn arm_deadline(&mut self, now: Instant) {
@@ -1032,30 +1207,57 @@ impl Session {
         let (kind, what, bytes) = match command {
             cmd::STMT_PREPARE => (
                 ResponseKind::Prepare,
-                Forwarded::Prepare { sql: pkt.payload.slice(1..) },
+                Forwarded::Prepare {
+                    sql: pkt.payload.slice(1..),
+                },
                 raw_frame(&pkt),
             ),
             cmd::INIT_DB => (
                 ResponseKind::Generic,
-                Forwarded::InitDb { schema: String::from_utf8_lossy(&pkt.payload[1..]).into_owned() },
+                Forwarded::InitDb {
+                    schema: String::from_utf8_lossy(&pkt.payload[1..]).into_owned(),
+                },
                 raw_frame(&pkt),
             ),
             cmd::SET_OPTION => {
-                let multi = pkt.payload.get(1..3).map(|b| u16::from_le_bytes([b[0], b[1]]) == 0).unwrap_or(true);
-                (ResponseKind::Generic, Forwarded::SetOption { multi }, raw_frame(&pkt))
+                let multi = pkt
+                    .payload
+                    .get(1..3)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]) == 0)
+                    .unwrap_or(true);
+                (
+                    ResponseKind::Generic,
+                    Forwarded::SetOption { multi },
+                    raw_frame(&pkt),
+                )
             }
-            cmd::RESET_CONNECTION => (ResponseKind::Generic, Forwarded::ResetConnection, raw_frame(&pkt)),
+            cmd::RESET_CONNECTION => (
+                ResponseKind::Generic,
+                Forwarded::ResetConnection,
+                raw_frame(&pkt),
+            ),
             cmd::FIELD_LIST => (ResponseKind::FieldList, Forwarded::Plain, raw_frame(&pkt)),
             cmd::STATISTICS => (ResponseKind::Statistics, Forwarded::Plain, raw_frame(&pkt)),
             cmd::STMT_EXECUTE | cmd::STMT_SEND_LONG_DATA | cmd::STMT_RESET | cmd::STMT_FETCH => {
-                let id = u32::from_le_bytes([pkt.payload[1], pkt.payload[2], pkt.payload[3], pkt.payload[4]]);
-                let Some(st) = self.stmts.get(&id).cloned() else { return };
+                let id = u32::from_le_bytes([
+                    pkt.payload[1],
+                    pkt.payload[2],
+                    pkt.payload[3],
+                    pkt.payload[4],
+                ]);
+                let Some(st) = self.stmts.get(&id).cloned() else {
+                    return;
+                };
                 let Some(bid) = st.backend_id else {
                     // Prepare it on this backend first, then come back.
                     let mut p = vec![cmd::STMT_PREPARE];
                     p.extend_from_slice(&st.sql);
                     self.pending = Some(pkt);
-                    let left = VecDeque::from([Internal::Send(frame(0, &p), ResponseKind::Prepare, InternalPurpose::Reprepare(id))]);
+                    let left = VecDeque::from([Internal::Send(
+                        frame(0, &p),
+                        ResponseKind::Prepare,
+                        InternalPurpose::Reprepare(id),
+                    )]);
                     self.continue_internal(now, left);
                     return;
                 };
@@ -1078,7 +1280,11 @@ impl Session {
                             self.phase = Phase::Command(Busy::Idle);
                             return;
                         }
-                        let kind = if command == cmd::STMT_FETCH { ResponseKind::Fetch } else { ResponseKind::Generic };
+                        let kind = if command == cmd::STMT_FETCH {
+                            ResponseKind::Fetch
+                        } else {
+                            ResponseKind::Generic
+                        };
                         (kind, Forwarded::Plain, frame(0, &p))
                     }
                 }
@@ -1110,16 +1316,19 @@ impl Session {
             return Err("Malformed communication packet: COM_STMT_EXECUTE too short".into());
         };
         if bound == 1 {
-            let types = p
-                .get(flag_at + 1..flag_at + 1 + 2 * n)
-                .ok_or("Malformed communication packet: COM_STMT_EXECUTE parameter types missing")?;
+            let types = p.get(flag_at + 1..flag_at + 1 + 2 * n).ok_or(
+                "Malformed communication packet: COM_STMT_EXECUTE parameter types missing",
+            )?;
             st.param_types = Some(Bytes::copy_from_slice(types));
             st.types_sent = true;
             return Ok(frame(0, &out));
         }
         if !st.types_sent {
             let Some(types) = st.param_types.clone() else {
-                return Err("Malformed communication packet: COM_STMT_EXECUTE without parameter types".into());
+                return Err(
+                    "Malformed communication packet: COM_STMT_EXECUTE without parameter types"
+                        .into(),
+                );
             };
             let mut fixed = Vec::with_capacity(out.len() + types.len());
             fixed.extend_from_slice(&out[..flag_at]);
@@ -1134,7 +1343,9 @@ impl Session {
 
     /// Client data during LOCAL INFILE: forwarded until the empty packet.
     fn on_local_infile_data(&mut self, _now: Instant, pkt: Packet) {
-        let Phase::Command(Busy::Forwarding { scanner, .. }) = &mut self.phase else { return };
+        let Phase::Command(Busy::Forwarding { scanner, .. }) = &mut self.phase else {
+            return;
+        };
         let empty = pkt.payload.is_empty();
         if empty {
             scanner.local_infile_sent();
@@ -1142,15 +1353,29 @@ impl Session {
         let mut out = BytesMut::with_capacity(pkt.payload.len() + 8);
         protocol::write_packet(&mut out, pkt.seq, &pkt.payload);
         self.out.push_back(Output::ToBackend(out.freeze()));
-        self.frames.expect_seq(if empty { Some(0) } else { Some(pkt.last_seq.wrapping_add(1)) });
+        self.frames.expect_seq(if empty {
+            Some(0)
+        } else {
+            Some(pkt.last_seq.wrapping_add(1))
+        });
     }
 
     fn on_change_user(&mut self, now: Instant, pkt: Packet) {
         let Some(cu) = parse_change_user(&pkt.payload[1..], self.client_caps) else {
-            self.close_with(1, code::ER_MALFORMED_PACKET, "Malformed communication packet: COM_CHANGE_USER");
+            self.close_with(
+                1,
+                code::ER_MALFORMED_PACKET,
+                "Malformed communication packet: COM_CHANGE_USER",
+            );
             return;
         };
-        let ChangeUser { user, schema, response, collation, plugin } = cu;
+        let ChangeUser {
+            user,
+            schema,
+            response,
+            collation,
+            plugin,
+        } = cu;
         // A new user starts from a clean session: the old backend goes back
         // to the pool (reset there), prepared statements are gone.
         self.release_backend(true);
@@ -1169,8 +1394,15 @@ impl Session {
     // ------------------------------------------------------ response paths
 
     /// Streams a forwarded response to the client. Returns true at its end.
-    fn forward_response(&mut self, scanner: &mut ResponseScanner, what: &Forwarded, buf: &mut BytesMut) -> bool {
-        let strip = !self.client_caps.contains(CapabilityFlags::CLIENT_SESSION_TRACK);
+    fn forward_response(
+        &mut self,
+        scanner: &mut ResponseScanner,
+        what: &Forwarded,
+        buf: &mut BytesMut,
+    ) -> bool {
+        let strip = !self
+            .client_caps
+            .contains(CapabilityFlags::CLIENT_SESSION_TRACK);
         let mut pass = 0usize;
         loop {
             if scanner.is_done() || scanner.in_local_infile() {
@@ -1179,7 +1411,11 @@ impl Session {
             match scanner.step(&buf[pass..]) {
                 Step::NeedMore => break,
                 Step::Pass(n) => pass += n,
-                Step::Packet { total, seq, interest } => {
+                Step::Packet {
+                    total,
+                    seq,
+                    interest,
+                } => {
                     let payload_range = pass + 4..pass + total;
                     match interest {
                         Interest::Ok(_) | Interest::Terminator(_) => {
@@ -1188,12 +1424,16 @@ impl Session {
                                 Interest::Terminator(s) => s,
                                 _ => StatusFlags::empty(),
                             };
-                            self.in_transaction = status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
-                            if status.contains(StatusFlags::SERVER_SESSION_STATE_CHANGED) && total > 9 {
+                            self.in_transaction =
+                                status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
+                            if status.contains(StatusFlags::SERVER_SESSION_STATE_CHANGED)
+                                && total > 9
+                            {
                                 let payload = buf[payload_range.clone()].to_vec();
                                 self.track_state(&payload);
                                 if strip {
-                                    if let Some(stripped) = protocol::strip_session_state(&payload) {
+                                    if let Some(stripped) = protocol::strip_session_state(&payload)
+                                    {
                                         self.flush(buf, pass);
                                         buf.advance(total);
                                         pass = 0;
@@ -1204,7 +1444,9 @@ impl Session {
                             }
                             pass += total;
                         }
-                        Interest::PrepareOk { stmt_id, params, .. } => {
+                        Interest::PrepareOk {
+                            stmt_id, params, ..
+                        } => {
                             let client_id = self.next_stmt_id;
                             self.next_stmt_id = self.next_stmt_id.wrapping_add(1).max(1);
                             let sql = match what {
@@ -1213,7 +1455,13 @@ impl Session {
                             };
                             self.stmts.insert(
                                 client_id,
-                                Prepared { sql, params, backend_id: Some(stmt_id), param_types: None, types_sent: false },
+                                Prepared {
+                                    sql,
+                                    params,
+                                    backend_id: Some(stmt_id),
+                                    param_types: None,
+                                    types_sent: false,
+                                },
                             );
                             let mut payload = buf[payload_range].to_vec();
                             payload[1..5].copy_from_slice(&client_id.to_le_bytes());
@@ -1235,20 +1483,26 @@ impl Session {
         }
         self.flush(buf, pass);
         if scanner.in_local_infile() {
-            self.frames.expect_seq(Some(scanner.last_seq.wrapping_add(1)));
+            self.frames
+                .expect_seq(Some(scanner.last_seq.wrapping_add(1)));
         }
         scanner.is_done()
     }
 
     fn flush(&mut self, buf: &mut BytesMut, n: usize) {
         if n > 0 {
-            self.out.push_back(Output::ToClient(buf.split_to(n).freeze()));
+            self.out
+                .push_back(Output::ToClient(buf.split_to(n).freeze()));
         }
     }
 
     fn track_state(&mut self, ok_payload: &[u8]) {
-        let Some(ok) = protocol::parse_ok(ok_payload) else { return };
-        let Some((_, block)) = protocol::split_ok_tail(ok_payload, &ok) else { return };
+        let Some(ok) = protocol::parse_ok(ok_payload) else {
+            return;
+        };
+        let Some((_, block)) = protocol::split_ok_tail(ok_payload, &ok) else {
+            return;
+        };
         let changes = protocol::decode_state_changes(block);
         self.apply_backend_changes(&changes);
         if let Some(meta) = self.backend.as_mut() {
@@ -1266,7 +1520,9 @@ impl Session {
     fn apply_backend_changes(&mut self, changes: &[protocol::StateChange]) {
         for c in changes {
             match c {
-                protocol::StateChange::Schema(s) => self.wanted.schema = Some(s.clone()).filter(|s| !s.is_empty()),
+                protocol::StateChange::Schema(s) => {
+                    self.wanted.schema = Some(s.clone()).filter(|s| !s.is_empty())
+                }
                 protocol::StateChange::Variable { name, value } => {
                     if !UNRESTORABLE.contains(&name.as_str()) {
                         self.wanted.vars.insert(name.clone(), value.clone());
@@ -1321,8 +1577,14 @@ impl Session {
     }
 
     /// Reads the answer to an internal command without forwarding it.
-    fn swallow_response(&mut self, scanner: &mut ResponseScanner, buf: &mut BytesMut) -> Option<InternalResult> {
-        let mut result = InternalResult::Ok { changes: Vec::new() };
+    fn swallow_response(
+        &mut self,
+        scanner: &mut ResponseScanner,
+        buf: &mut BytesMut,
+    ) -> Option<InternalResult> {
+        let mut result = InternalResult::Ok {
+            changes: Vec::new(),
+        };
         loop {
             if scanner.is_done() {
                 return Some(result);
@@ -1330,7 +1592,9 @@ impl Session {
             match scanner.step(&buf[..]) {
                 Step::NeedMore => return None,
                 Step::Pass(n) => buf.advance(n),
-                Step::Packet { total, interest, .. } => {
+                Step::Packet {
+                    total, interest, ..
+                } => {
                     let payload = buf[4..total].to_vec();
                     buf.advance(total);
                     match interest {
@@ -1346,7 +1610,9 @@ impl Session {
                                 }
                             }
                         }
-                        Interest::PrepareOk { stmt_id, .. } => result = InternalResult::Prepared { stmt_id },
+                        Interest::PrepareOk { stmt_id, .. } => {
+                            result = InternalResult::Prepared { stmt_id }
+                        }
                         _ => {}
                     }
                 }
@@ -1397,7 +1663,11 @@ fn sql_value(v: &str) -> String {
 
 /// Recognises `KILL [CONNECTION|QUERY] <id>`; anything else is not a kill.
 pub fn parse_kill(sql: &[u8]) -> Option<(u32, bool)> {
-    let s = std::str::from_utf8(sql).ok()?.trim().trim_end_matches(';').trim();
+    let s = std::str::from_utf8(sql)
+        .ok()?
+        .trim()
+        .trim_end_matches(';')
+        .trim();
     let mut words = s.split_ascii_whitespace();
     if !words.next()?.eq_ignore_ascii_case("kill") {
         return None;

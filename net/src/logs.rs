@@ -21,7 +21,12 @@ impl StatementLogger {
         }
         let open = |p: &Option<String>| -> std::io::Result<Option<std::fs::File>> {
             p.as_ref()
-                .map(|p| std::fs::OpenOptions::new().create(true).append(true).open(p))
+                .map(|p| {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(p)
+                })
                 .transpose()
         };
         let mut sql = open(&cfg.sql_log)?.map(std::io::LineWriter::new);
@@ -58,7 +63,11 @@ fn format_record(r: &StatementRecord) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
-    let sql: String = r.sql.chars().map(|c| if c == '\n' || c == '\t' { ' ' } else { c }).collect();
+    let sql: String = r
+        .sql
+        .chars()
+        .map(|c| if c == '\n' || c == '\t' { ' ' } else { c })
+        .collect();
     format!(
         "{ts:.6}\t{}\t{}\tbackend#{}\t{}us\t{}\t{}\n",
         r.user,

@@ -43,16 +43,20 @@ enum Command {
 }
 
 fn load(path: &PathBuf) -> Result<Config, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let config = Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    config.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+    config
+        .validate()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(config)
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -67,7 +71,9 @@ fn main() -> ExitCode {
         }
         Command::Run { config } => load(&config).and_then(|c| {
             runtime().block_on(async move {
-                let proxy = tessera_net::proxy::start(&c).await.map_err(|e| e.to_string())?;
+                let proxy = tessera_net::proxy::start(&c)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 tracing::info!(addr = %proxy.addr, "tessera listening");
                 tessera_net::proxy::termination_signal().await;
                 tracing::info!("signal received; shutting down");
@@ -75,9 +81,23 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }),
-        Command::Playground { shards, replicas, port, dir } => {
-            let port = if port == 0 { tessera_net::mariadbd::free_port().unwrap_or(3307) } else { port };
-            runtime().block_on(playground::run(PlaygroundOptions { shards, replicas, port, dir }))
+        Command::Playground {
+            shards,
+            replicas,
+            port,
+            dir,
+        } => {
+            let port = if port == 0 {
+                tessera_net::mariadbd::free_port().unwrap_or(3307)
+            } else {
+                port
+            };
+            runtime().block_on(playground::run(PlaygroundOptions {
+                shards,
+                replicas,
+                port,
+                dir,
+            }))
         }
     };
     match result {

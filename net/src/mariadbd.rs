@@ -17,7 +17,12 @@ pub const INSTALL_HINT: &str =
 
 /// Finds the server binary.
 pub fn mariadbd_path() -> Option<PathBuf> {
-    let candidates = ["/usr/sbin/mariadbd", "/usr/sbin/mysqld", "/usr/local/bin/mariadbd", "/usr/bin/mariadbd"];
+    let candidates = [
+        "/usr/sbin/mariadbd",
+        "/usr/sbin/mysqld",
+        "/usr/local/bin/mariadbd",
+        "/usr/bin/mariadbd",
+    ];
     if let Some(p) = candidates.iter().map(PathBuf::from).find(|p| p.exists()) {
         return Some(p);
     }
@@ -33,11 +38,15 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 }
 
 fn install_db_path() -> Option<PathBuf> {
-    ["/usr/bin/mariadb-install-db", "/usr/bin/mysql_install_db", "/usr/local/bin/mariadb-install-db"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .or_else(|| find_in_path("mariadb-install-db"))
+    [
+        "/usr/bin/mariadb-install-db",
+        "/usr/bin/mysql_install_db",
+        "/usr/local/bin/mariadb-install-db",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .or_else(|| find_in_path("mariadb-install-db"))
 }
 
 fn client_path() -> Option<PathBuf> {
@@ -76,14 +85,21 @@ fn template_dir() -> io::Result<PathBuf> {
     if let Some(p) = guard.as_ref() {
         return Ok(p.clone());
     }
-    let server = mariadbd_path().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, INSTALL_HINT))?;
+    let server =
+        mariadbd_path().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, INSTALL_HINT))?;
     let version = Command::new(&server).arg("--version").output()?;
-    let tag: u64 = version.stdout.iter().fold(1469598103934665603u64, |h, b| (h ^ *b as u64).wrapping_mul(1099511628211));
+    let tag: u64 = version.stdout.iter().fold(1469598103934665603u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(1099511628211)
+    });
     let uid = unsafe { libc::getuid() };
     let dir = std::env::temp_dir().join(format!("tessera-mariadb-template-{uid}-{tag:x}"));
     if !dir.join("mysql").exists() {
-        let install = install_db_path().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, INSTALL_HINT))?;
-        let tmp = std::env::temp_dir().join(format!("tessera-mariadb-template-{uid}-{tag:x}.{}", std::process::id()));
+        let install = install_db_path()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, INSTALL_HINT))?;
+        let tmp = std::env::temp_dir().join(format!(
+            "tessera-mariadb-template-{uid}-{tag:x}.{}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
         let mut cmd = Command::new(install);
@@ -128,14 +144,21 @@ pub struct MariaDb {
 impl MariaDb {
     /// Starts a server with a fresh copy of the template in `dir` (created).
     pub fn start(dir: &Path, server_id: u32) -> io::Result<Self> {
-        let server = mariadbd_path().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, INSTALL_HINT))?;
+        let server =
+            mariadbd_path().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, INSTALL_HINT))?;
         let template = template_dir()?;
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)?;
         let data = dir.join("data");
-        let status = Command::new("cp").arg("-a").arg(&template).arg(&data).status()?;
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&template)
+            .arg(&data)
+            .status()?;
         if !status.success() {
-            return Err(io::Error::other("copying the template data directory failed"));
+            return Err(io::Error::other(
+                "copying the template data directory failed",
+            ));
         }
         let mut last_err = None;
         for _ in 0..5 {
@@ -155,11 +178,16 @@ impl MariaDb {
         }
         Err(last_err.unwrap_or_else(|| io::Error::other("mariadbd did not start")))
     }
-
 }
 
 /// Starts `mariadbd` and waits until it accepts connections.
-fn spawn_server(server: &Path, dir: &Path, data: &Path, port: u16, server_id: u32) -> io::Result<Child> {
+fn spawn_server(
+    server: &Path,
+    dir: &Path,
+    data: &Path,
+    port: u16,
+    server_id: u32,
+) -> io::Result<Child> {
     {
         let log = dir.join("error.log");
         let _ = std::fs::remove_file(&log);
@@ -195,8 +223,18 @@ fn spawn_server(server: &Path, dir: &Path, data: &Path, port: u16, server_id: u3
         loop {
             if let Some(status) = child.try_wait()? {
                 let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: String = tail.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-                return Err(io::Error::other(format!("mariadbd exited with {status} on port {port}:\n{tail}")));
+                let tail: String = tail
+                    .lines()
+                    .rev()
+                    .take(15)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                return Err(io::Error::other(format!(
+                    "mariadbd exited with {status} on port {port}:\n{tail}"
+                )));
             }
             let ready = std::fs::read_to_string(&log)
                 .map(|l| l.contains("ready for connections"))
@@ -207,7 +245,9 @@ fn spawn_server(server: &Path, dir: &Path, data: &Path, port: u16, server_id: u3
             if started.elapsed() > Duration::from_secs(60) {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(io::Error::other("mariadbd did not become ready within 60 s"));
+                return Err(io::Error::other(
+                    "mariadbd did not become ready within 60 s",
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -226,15 +266,22 @@ impl MariaDb {
     /// Runs SQL as root over the server's own socket with the `mariadb` CLI;
     /// returns its tab-separated output.
     pub fn sql(&self, sql: &str) -> io::Result<String> {
-        let client = client_path().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, INSTALL_HINT))?;
+        let client =
+            client_path().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, INSTALL_HINT))?;
         let out = Command::new(client)
             .arg("--no-defaults")
             .arg("--protocol=socket")
-            .arg(format!("--socket={}", self.dir.join("mysqld.sock").display()))
+            .arg(format!(
+                "--socket={}",
+                self.dir.join("mysqld.sock").display()
+            ))
             .args(["-uroot", "-N", "-B", "-e", sql])
             .output()?;
         if !out.status.success() {
-            return Err(io::Error::other(format!("`{sql}` failed: {}", String::from_utf8_lossy(&out.stderr))));
+            return Err(io::Error::other(format!(
+                "`{sql}` failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -263,12 +310,15 @@ impl MariaDb {
         let started = Instant::now();
         loop {
             let status = self.sql("SHOW SLAVE STATUS\\G")?;
-            let io_ok = status.contains("Slave_IO_Running: Yes") || status.lines().any(|l| l.trim() == "Yes");
+            let io_ok = status.contains("Slave_IO_Running: Yes")
+                || status.lines().any(|l| l.trim() == "Yes");
             if io_ok {
                 return Ok(());
             }
             if started.elapsed() > Duration::from_secs(30) {
-                return Err(io::Error::other(format!("replication did not start:\n{status}")));
+                return Err(io::Error::other(format!(
+                    "replication did not start:\n{status}"
+                )));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -304,7 +354,8 @@ impl MariaDb {
     /// Starts a stopped or killed server again on the same port and data.
     pub fn restart(&mut self) -> io::Result<()> {
         self.stop();
-        let server = mariadbd_path().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, INSTALL_HINT))?;
+        let server =
+            mariadbd_path().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, INSTALL_HINT))?;
         let data = self.dir.join("data");
         self.child = spawn_server(&server, &self.dir, &data, self.port, self.server_id)?;
         Ok(())

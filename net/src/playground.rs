@@ -29,9 +29,15 @@ pub struct Shard {
 }
 
 /// Starts the servers, returns them with the config that points at them.
-pub fn start_backends(opts: &PlaygroundOptions, dir: &std::path::Path) -> std::io::Result<(Vec<Shard>, Config)> {
+pub fn start_backends(
+    opts: &PlaygroundOptions,
+    dir: &std::path::Path,
+) -> std::io::Result<(Vec<Shard>, Config)> {
     if mariadbd::mariadbd_path().is_none() {
-        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, mariadbd::INSTALL_HINT));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            mariadbd::INSTALL_HINT,
+        ));
     }
     let mut shards = Vec::new();
     for s in 1..=opts.shards.max(1) {
@@ -40,7 +46,8 @@ pub fn start_backends(opts: &PlaygroundOptions, dir: &std::path::Path) -> std::i
         primary.sql(&format!("CREATE DATABASE IF NOT EXISTS `{DATABASE}`"))?;
         let mut replicas = Vec::new();
         for r in 1..=opts.replicas {
-            let replica = MariaDb::start(&dir.join(format!("shard{s}-replica{r}")), s * 100 + 1 + r)?;
+            let replica =
+                MariaDb::start(&dir.join(format!("shard{s}-replica{r}")), s * 100 + 1 + r)?;
             replica.replicate_from(&primary)?;
             replicas.push(replica);
         }
@@ -48,7 +55,11 @@ pub fn start_backends(opts: &PlaygroundOptions, dir: &std::path::Path) -> std::i
     }
     let hashes = PasswordHashes::from_password(PASSWORD);
     let first = &shards[0];
-    let replicas: Vec<String> = first.replicas.iter().map(|r| format!("\"{}\"", r.addr())).collect();
+    let replicas: Vec<String> = first
+        .replicas
+        .iter()
+        .map(|r| format!("\"{}\"", r.addr()))
+        .collect();
     let text = format!(
         r#"# Written by `tessera playground`.
 listen = "127.0.0.1:{port}"
@@ -82,14 +93,19 @@ max_connections = 256
 
 /// Runs the playground until SIGINT/SIGTERM.
 pub async fn run(opts: PlaygroundOptions) -> Result<(), String> {
-    let dir = opts.dir.clone().unwrap_or_else(|| mariadbd::scratch_dir("tessera-playground"));
+    let dir = opts
+        .dir
+        .clone()
+        .unwrap_or_else(|| mariadbd::scratch_dir("tessera-playground"));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     eprintln!("starting MariaDB servers in {} ...", dir.display());
     let (shards, config) = start_backends(&opts, &dir).map_err(|e| e.to_string())?;
     if opts.shards > 1 {
         eprintln!("note: sharding arrives with the router; the proxy serves shard 1, the other shards run for experiments");
     }
-    let proxy = crate::proxy::start(&config).await.map_err(|e| e.to_string())?;
+    let proxy = crate::proxy::start(&config)
+        .await
+        .map_err(|e| e.to_string())?;
     let port = proxy.addr.port();
     for (i, s) in shards.iter().enumerate() {
         println!("backend: shard{} primary {}", i + 1, s.primary.addr());

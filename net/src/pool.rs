@@ -22,7 +22,10 @@ use tessera_core::protocol::{server_capabilities, CapabilityFlags};
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     #[error("cannot connect to backend {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("connecting to backend {addr} timed out after {ms} ms")]
     ConnectTimeout { addr: String, ms: u64 },
     #[error("login to backend {addr} failed: {source}")]
@@ -30,7 +33,10 @@ pub enum PoolError {
     #[error("all {max} connections to backend {addr} are busy; waited {ms} ms")]
     Exhausted { addr: String, max: usize, ms: u64 },
     #[error("backend {addr}: {source}")]
-    Io { addr: String, source: std::io::Error },
+    Io {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("backend {addr} answered: {source}")]
     Reply { addr: String, source: BackendError },
 }
@@ -70,19 +76,27 @@ pub async fn connect_and_login<C: Connector>(
     password: &str,
     format_caps: CapabilityFlags,
 ) -> Result<(C::Stream, BytesMut, BackendMeta), PoolError> {
-    let mut stream = connector.connect(addr).await.map_err(|source| PoolError::Connect {
-        addr: addr.to_string(),
-        source,
-    })?;
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    let mut login = BackendLogin::new(user, password, format_caps);
-    let io_err = |source| PoolError::Io { addr: addr.to_string(), source };
-    loop {
-        let pkt = read_packet(&mut stream, &mut buf).await.map_err(io_err)?;
-        let reply = login.handle_packet(&pkt).map_err(|source| PoolError::Login {
+    let mut stream = connector
+        .connect(addr)
+        .await
+        .map_err(|source| PoolError::Connect {
             addr: addr.to_string(),
             source,
         })?;
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut login = BackendLogin::new(user, password, format_caps);
+    let io_err = |source| PoolError::Io {
+        addr: addr.to_string(),
+        source,
+    };
+    loop {
+        let pkt = read_packet(&mut stream, &mut buf).await.map_err(io_err)?;
+        let reply = login
+            .handle_packet(&pkt)
+            .map_err(|source| PoolError::Login {
+                addr: addr.to_string(),
+                source,
+            })?;
         if let Some(bytes) = reply {
             stream.write_all(&bytes).await.map_err(io_err)?;
         }
@@ -93,11 +107,23 @@ pub async fn connect_and_login<C: Connector>(
 }
 
 /// Sends a one-packet command (reset, ping) and checks its OK.
-async fn round_trip<S: Stream>(conn: &mut BackendConn<S>, request: &[u8], addr: &str) -> Result<(), PoolError> {
-    let io_err = |source| PoolError::Io { addr: addr.to_string(), source };
+async fn round_trip<S: Stream>(
+    conn: &mut BackendConn<S>,
+    request: &[u8],
+    addr: &str,
+) -> Result<(), PoolError> {
+    let io_err = |source| PoolError::Io {
+        addr: addr.to_string(),
+        source,
+    };
     conn.stream.write_all(request).await.map_err(io_err)?;
-    let pkt = read_packet(&mut conn.stream, &mut conn.buf).await.map_err(io_err)?;
-    backend::simple_reply(&pkt).map_err(|source| PoolError::Reply { addr: addr.to_string(), source })
+    let pkt = read_packet(&mut conn.stream, &mut conn.buf)
+        .await
+        .map_err(io_err)?;
+    backend::simple_reply(&pkt).map_err(|source| PoolError::Reply {
+        addr: addr.to_string(),
+        source,
+    })
 }
 
 struct Idle<S> {
@@ -111,7 +137,9 @@ pub struct Pool<C: Connector> {
 
 impl<C: Connector> Clone for Pool<C> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone() }
+        Self {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -156,7 +184,10 @@ impl<C: Connector> Pool<C> {
     }
 
     /// Takes an idle connection with the client's response format, or opens one.
-    pub async fn acquire(&self, format_caps: CapabilityFlags) -> Result<BackendConn<C::Stream>, PoolError> {
+    pub async fn acquire(
+        &self,
+        format_caps: CapabilityFlags,
+    ) -> Result<BackendConn<C::Stream>, PoolError> {
         let wanted = format_caps & format_capabilities();
         if let Some(c) = self.take_idle(wanted) {
             return Ok(c);
@@ -194,9 +225,13 @@ impl<C: Connector> Pool<C> {
         let i = &self.inner;
         let ms = i.cfg.connect_timeout_ms;
         let fut = connect_and_login(&i.connector, &i.addr, &i.user, &i.password, format_caps);
-        let (stream, buf, meta) = timeout(Duration::from_millis(ms), fut)
-            .await
-            .map_err(|_| PoolError::ConnectTimeout { addr: i.addr.clone(), ms })??;
+        let (stream, buf, meta) =
+            timeout(Duration::from_millis(ms), fut)
+                .await
+                .map_err(|_| PoolError::ConnectTimeout {
+                    addr: i.addr.clone(),
+                    ms,
+                })??;
         Ok(BackendConn {
             stream,
             buf,
@@ -209,10 +244,7 @@ impl<C: Connector> Pool<C> {
 
     fn take_idle(&self, wanted: CapabilityFlags) -> Option<BackendConn<C::Stream>> {
         let mut idle = self.inner.idle.lock().ok()?;
-        let pos = idle
-            .conns
-            .iter()
-            .rposition(|c| c.format == wanted)?;
+        let pos = idle.conns.iter().rposition(|c| c.format == wanted)?;
         Some(idle.conns.swap_remove(pos))
     }
 
@@ -227,7 +259,12 @@ impl<C: Connector> Pool<C> {
             let addr = pool.inner.addr.clone();
             let reset = backend::reset_request();
             let ms = pool.inner.cfg.connect_timeout_ms.max(1000);
-            match timeout(Duration::from_millis(ms), round_trip(&mut conn, &reset, &addr)).await {
+            match timeout(
+                Duration::from_millis(ms),
+                round_trip(&mut conn, &reset, &addr),
+            )
+            .await
+            {
                 Ok(Ok(())) => {
                     conn.meta.state.after_reset();
                     conn.last_used = Instant::now();
@@ -245,7 +282,9 @@ impl<C: Connector> Pool<C> {
     /// connections up to `min_idle`. Runs until the pool is dropped.
     pub async fn maintain(self) {
         let cfg = self.inner.cfg.clone();
-        let tick = Duration::from_millis((cfg.ping_interval_ms.min(cfg.idle_timeout_ms) / 2).clamp(100, 5000));
+        let tick = Duration::from_millis(
+            (cfg.ping_interval_ms.min(cfg.idle_timeout_ms) / 2).clamp(100, 5000),
+        );
         loop {
             tokio::time::sleep(tick).await;
             if Arc::strong_count(&self.inner) <= 1 {
@@ -253,14 +292,18 @@ impl<C: Connector> Pool<C> {
             }
             let now = Instant::now();
             let (expired, to_ping) = {
-                let Ok(mut idle) = self.inner.idle.lock() else { return };
+                let Ok(mut idle) = self.inner.idle.lock() else {
+                    return;
+                };
                 let mut expired = Vec::new();
                 let mut to_ping = Vec::new();
                 let mut keep = Vec::new();
                 let total = idle.conns.len();
                 for c in idle.conns.drain(..) {
                     let age = now.duration_since(c.last_used);
-                    if age >= Duration::from_millis(cfg.idle_timeout_ms) && total - expired.len() > cfg.min_idle {
+                    if age >= Duration::from_millis(cfg.idle_timeout_ms)
+                        && total - expired.len() > cfg.min_idle
+                    {
                         expired.push(c);
                     } else if age >= Duration::from_millis(cfg.ping_interval_ms) {
                         to_ping.push(c);
@@ -275,7 +318,12 @@ impl<C: Connector> Pool<C> {
             for mut c in to_ping {
                 let ping = backend::ping_request();
                 let addr = self.inner.addr.clone();
-                if let Ok(Ok(())) = timeout(Duration::from_millis(cfg.connect_timeout_ms), round_trip(&mut c, &ping, &addr)).await {
+                if let Ok(Ok(())) = timeout(
+                    Duration::from_millis(cfg.connect_timeout_ms),
+                    round_trip(&mut c, &ping, &addr),
+                )
+                .await
+                {
                     c.last_used = Instant::now();
                     if let Ok(mut idle) = self.inner.idle.lock() {
                         idle.conns.push(c);
@@ -285,7 +333,9 @@ impl<C: Connector> Pool<C> {
                 }
             }
             while self.idle_count() < cfg.min_idle {
-                let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else { break };
+                let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
+                    break;
+                };
                 let caps = fmt_caps() & server_capabilities();
                 // Pre-opened connections serve the most common client format.
                 match self.open(caps, permit).await {
@@ -308,13 +358,26 @@ impl<C: Connector> Pool<C> {
         let i = &self.inner;
         let fut = connect_and_login(&i.connector, &i.addr, &i.user, &i.password, fmt_caps());
         let ms = i.cfg.connect_timeout_ms;
-        let (mut stream, mut buf, _) = timeout(Duration::from_millis(ms), fut)
+        let (mut stream, mut buf, _) =
+            timeout(Duration::from_millis(ms), fut)
+                .await
+                .map_err(|_| PoolError::ConnectTimeout {
+                    addr: i.addr.clone(),
+                    ms,
+                })??;
+        let io_err = |source| PoolError::Io {
+            addr: i.addr.clone(),
+            source,
+        };
+        stream
+            .write_all(&backend::query_request(sql))
             .await
-            .map_err(|_| PoolError::ConnectTimeout { addr: i.addr.clone(), ms })??;
-        let io_err = |source| PoolError::Io { addr: i.addr.clone(), source };
-        stream.write_all(&backend::query_request(sql)).await.map_err(io_err)?;
+            .map_err(io_err)?;
         let pkt = read_packet(&mut stream, &mut buf).await.map_err(io_err)?;
-        backend::simple_reply(&pkt).map_err(|source| PoolError::Reply { addr: i.addr.clone(), source })
+        backend::simple_reply(&pkt).map_err(|source| PoolError::Reply {
+            addr: i.addr.clone(),
+            source,
+        })
     }
 
     /// Asks the backend for its version string (at startup, for the greeting).

@@ -17,7 +17,10 @@ pub enum StartError {
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// A running proxy.

@@ -48,9 +48,18 @@ pub struct Shared<C: Connector> {
 }
 
 /// Builds everything the server needs from a validated config.
-pub async fn build_shared<C: Connector>(config: &Config, connector: C) -> Result<Arc<Shared<C>>, ConfigError> {
+pub async fn build_shared<C: Connector>(
+    config: &Config,
+    connector: C,
+) -> Result<Arc<Shared<C>>, ConfigError> {
     let v = config.validate()?;
-    let pool = Pool::new(connector, &config.node.primary, &config.node.user, &config.node.password, config.pool.clone());
+    let pool = Pool::new(
+        connector,
+        &config.node.primary,
+        &config.node.user,
+        &config.node.password,
+        config.pool.clone(),
+    );
     let server_version = match &config.server_version {
         Some(s) => s.clone(),
         None => match pool.probe_version().await {
@@ -61,7 +70,10 @@ pub async fn build_shared<C: Connector>(config: &Config, connector: C) -> Result
             }
         },
     };
-    let needs_rsa = v.users.iter().any(|u| u.method == tessera_core::auth::AuthMethod::CachingSha2);
+    let needs_rsa = v
+        .users
+        .iter()
+        .any(|u| u.method == tessera_core::auth::AuthMethod::CachingSha2);
     let rsa = if needs_rsa {
         let key = tokio::task::spawn_blocking(|| RsaKey::generate(&mut rand::rngs::OsRng))
             .await
@@ -76,7 +88,11 @@ pub async fn build_shared<C: Connector>(config: &Config, connector: C) -> Result
         message: e.to_string(),
     })?;
     let ctx = SessionContext {
-        users: v.users.iter().map(|u| (u.name.clone(), u.clone())).collect(),
+        users: v
+            .users
+            .iter()
+            .map(|u| (u.name.clone(), u.clone()))
+            .collect(),
         sha2_cache: Arc::new(Sha2Cache::default()),
         rsa,
         server_version,
@@ -133,7 +149,10 @@ pub async fn serve<L: Listener, C: Connector>(
         }
     }
     drop(listener);
-    tracing::info!(clients = tasks.len(), "shutting down: waiting for in-flight statements");
+    tracing::info!(
+        clients = tasks.len(),
+        "shutting down: waiting for in-flight statements"
+    );
     let deadline = tokio::time::sleep(drain);
     tokio::pin!(deadline);
     loop {
@@ -152,12 +171,21 @@ pub async fn serve<L: Listener, C: Connector>(
 /// Refuses a client before the handshake with an ERR packet (seq 0).
 async fn refuse<S: Stream>(mut stream: S, code: u16, message: &str) {
     let mut out = BytesMut::new();
-    write_packet(&mut out, 0, &err_payload(code, sql_state_for(code), message));
+    write_packet(
+        &mut out,
+        0,
+        &err_payload(code, sql_state_for(code), message),
+    );
     let _ = stream.write_all(&out).await;
     let _ = stream.shutdown().await;
 }
 
-async fn admit<S: Stream, C: Connector>(stream: S, peer: SocketAddr, shared: Arc<Shared<C>>, shutdown: watch::Receiver<bool>) {
+async fn admit<S: Stream, C: Connector>(
+    stream: S,
+    peer: SocketAddr,
+    shared: Arc<Shared<C>>,
+    shutdown: watch::Receiver<bool>,
+) {
     let ip = peer.ip();
     if !shared.allow.is_empty() && !shared.allow.iter().any(|c| c.contains(ip)) {
         tracing::info!(%peer, "client address not allowed");
@@ -303,7 +331,9 @@ impl<S: Stream, C: Connector> ClientDriver<S, C> {
                 }
             };
             match event {
-                Event::Backend(Ok(0)) => session.handle_backend_closed(now(), "backend closed the connection"),
+                Event::Backend(Ok(0)) => {
+                    session.handle_backend_closed(now(), "backend closed the connection")
+                }
                 Event::Backend(Err(e)) => session.handle_backend_closed(now(), &e.to_string()),
                 Event::Backend(Ok(_)) => session.handle_backend_data(now(), &mut backend_buf),
                 Event::Client(Ok(0)) | Event::Client(Err(_)) => {
@@ -321,7 +351,11 @@ impl<S: Stream, C: Connector> ClientDriver<S, C> {
                 Event::Killed => {
                     if let Some(b) = &self.backend {
                         let thread = b.meta.thread_id;
-                        let _ = self.shared.pool.run_once(&format!("KILL QUERY {thread}")).await;
+                        let _ = self
+                            .shared
+                            .pool
+                            .run_once(&format!("KILL QUERY {thread}"))
+                            .await;
                     }
                     session.handle_client_closed(now());
                     self.drain(&mut session).await?;
@@ -350,9 +384,15 @@ impl<S: Stream, C: Connector> ClientDriver<S, C> {
                 }
                 Output::AcquireBackend => {
                     self.flush_client(&mut client_out).await?;
-                    match self.shared.pool.acquire(session.client_capabilities()).await {
+                    match self
+                        .shared
+                        .pool
+                        .acquire(session.client_capabilities())
+                        .await
+                    {
                         Ok(conn) => {
-                            self.backend_thread.store(conn.meta.thread_id, Ordering::Relaxed);
+                            self.backend_thread
+                                .store(conn.meta.thread_id, Ordering::Relaxed);
                             let meta = conn.meta.clone();
                             self.backend = Some(conn);
                             session.handle_backend_attached(now(), meta);
@@ -370,14 +410,18 @@ impl<S: Stream, C: Connector> ClientDriver<S, C> {
                         self.shared.pool.release(conn, reusable);
                     }
                 }
-                Output::Kill { connection_id, query_only } => {
+                Output::Kill {
+                    connection_id,
+                    query_only,
+                } => {
                     self.flush_client(&mut client_out).await?;
                     let result = self.kill(session, connection_id, query_only).await;
                     session.handle_kill_done(now(), result);
                 }
                 Output::Statement(mut rec) => {
                     if let Some(logger) = &self.shared.logger {
-                        rec.duration = now().saturating_duration_since(session.statement_started_at());
+                        rec.duration =
+                            now().saturating_duration_since(session.statement_started_at());
                         logger.record(rec);
                     }
                 }
@@ -406,12 +450,21 @@ impl<S: Stream, C: Connector> ClientDriver<S, C> {
         Ok(())
     }
 
-    async fn kill(&mut self, session: &Session, target: u32, query_only: bool) -> Result<(), String> {
+    async fn kill(
+        &mut self,
+        session: &Session,
+        target: u32,
+        query_only: bool,
+    ) -> Result<(), String> {
         let unknown = format!("Unknown thread id: {target}");
         let (thread, notify, user) = {
             let sessions = self.shared.sessions.lock().map_err(|_| unknown.clone())?;
             let h = sessions.get(&target).ok_or_else(|| unknown.clone())?;
-            (h.backend_thread.load(Ordering::Relaxed), h.kill.clone(), h.user.clone())
+            (
+                h.backend_thread.load(Ordering::Relaxed),
+                h.kill.clone(),
+                h.user.clone(),
+            )
         };
         if user != session.user() {
             return Err(format!("You are not owner of thread {target}"));

@@ -33,7 +33,10 @@ async fn differential_battery_matches_mariadb() {
     let mut direct = env.direct_conn().await;
     // Schema through the proxy (multi-statement), checked on both.
     let setup = run_text(&mut proxy, SCHEMA).await;
-    assert!(setup.iter().all(|o| !matches!(o, Outcome::Error(_))), "{setup:?}");
+    assert!(
+        setup.iter().all(|o| !matches!(o, Outcome::Error(_))),
+        "{setup:?}"
+    );
     direct
         .query_drop("CREATE PROCEDURE IF NOT EXISTS two_results() BEGIN SELECT 1 AS a; SELECT 'x' AS b, 2.5 AS c; END")
         .await
@@ -62,11 +65,25 @@ async fn differential_battery_matches_mariadb() {
     }
     let prepared: Vec<(&str, Vec<Value>)> = vec![
         ("SELECT * FROM types WHERE id = ?", vec![Value::from(1)]),
-        ("SELECT * FROM types WHERE id > ? ORDER BY id", vec![Value::from(0)]),
-        ("SELECT ?, ?, ?, ?", vec![Value::NULL, Value::from(-5i64), Value::from("s"), Value::from(2.5f64)]),
+        (
+            "SELECT * FROM types WHERE id > ? ORDER BY id",
+            vec![Value::from(0)],
+        ),
+        (
+            "SELECT ?, ?, ?, ?",
+            vec![
+                Value::NULL,
+                Value::from(-5i64),
+                Value::from("s"),
+                Value::from(2.5f64),
+            ],
+        ),
         ("INSERT INTO types (id) VALUES (?)", vec![Value::from(2)]),
         ("SELECT * FROM nope WHERE id = ?", vec![Value::from(1)]),
-        ("SELECT dtm, tm, tmn, ts, dt FROM types WHERE id = ?", vec![Value::from(1)]),
+        (
+            "SELECT dtm, tm, tmn, ts, dt FROM types WHERE id = ?",
+            vec![Value::from(1)],
+        ),
     ];
     for (sql, params) in prepared {
         let p = run_binary(&mut proxy, sql, params.clone()).await;
@@ -90,15 +107,24 @@ async fn rows_over_16_mib_in_both_protocols() {
         .await
         .unwrap();
     proxy
-        .query_drop(format!("INSERT INTO big VALUES (2, REPEAT('r', {}))", 17 << 20))
+        .query_drop(format!(
+            "INSERT INTO big VALUES (2, REPEAT('r', {}))",
+            17 << 20
+        ))
         .await
         .unwrap();
     for conn in [&mut proxy, &mut direct] {
-        let text: Vec<(i32, Vec<u8>)> = conn.query("SELECT id, b FROM big ORDER BY id").await.unwrap();
+        let text: Vec<(i32, Vec<u8>)> = conn
+            .query("SELECT id, b FROM big ORDER BY id")
+            .await
+            .unwrap();
         assert_eq!(text.len(), 2);
         assert_eq!(text[0].1, payload);
         assert_eq!(text[1].1.len(), 17 << 20);
-        let bin: Option<Vec<u8>> = conn.exec_first("SELECT b FROM big WHERE id = ?", (1,)).await.unwrap();
+        let bin: Option<Vec<u8>> = conn
+            .exec_first("SELECT b FROM big WHERE id = ?", (1,))
+            .await
+            .unwrap();
         assert_eq!(bin.unwrap(), payload);
     }
 }
@@ -107,24 +133,44 @@ async fn rows_over_16_mib_in_both_protocols() {
 async fn transactions_prepared_statements_and_pool() {
     let env = Env::start("").await;
     let mut c = env.proxy_conn().await;
-    c.query_drop("CREATE TABLE acct (id INT PRIMARY KEY, bal INT)").await.unwrap();
-    c.query_drop("INSERT INTO acct VALUES (1, 100), (2, 0)").await.unwrap();
+    c.query_drop("CREATE TABLE acct (id INT PRIMARY KEY, bal INT)")
+        .await
+        .unwrap();
+    c.query_drop("INSERT INTO acct VALUES (1, 100), (2, 0)")
+        .await
+        .unwrap();
     // Rolled back work disappears, committed work stays.
     c.query_drop("BEGIN").await.unwrap();
-    c.exec_drop("UPDATE acct SET bal = bal - ? WHERE id = ?", (10, 1)).await.unwrap();
+    c.exec_drop("UPDATE acct SET bal = bal - ? WHERE id = ?", (10, 1))
+        .await
+        .unwrap();
     c.query_drop("ROLLBACK").await.unwrap();
     let mut tx = c.start_transaction(Default::default()).await.unwrap();
-    tx.exec_drop("UPDATE acct SET bal = bal - ? WHERE id = ?", (30, 1)).await.unwrap();
-    tx.exec_drop("UPDATE acct SET bal = bal + ? WHERE id = ?", (30, 2)).await.unwrap();
+    tx.exec_drop("UPDATE acct SET bal = bal - ? WHERE id = ?", (30, 1))
+        .await
+        .unwrap();
+    tx.exec_drop("UPDATE acct SET bal = bal + ? WHERE id = ?", (30, 2))
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
-    let bals: Vec<(i32, i32)> = c.query("SELECT id, bal FROM acct ORDER BY id").await.unwrap();
+    let bals: Vec<(i32, i32)> = c
+        .query("SELECT id, bal FROM acct ORDER BY id")
+        .await
+        .unwrap();
     assert_eq!(bals, vec![(1, 70), (2, 30)]);
     // Autocommit off keeps a transaction open across statements.
     c.query_drop("SET autocommit = 0").await.unwrap();
     c.query_drop("UPDATE acct SET bal = 0").await.unwrap();
     let mut other = env.proxy_conn().await;
-    let seen: Vec<i32> = other.query("SELECT bal FROM acct ORDER BY id").await.unwrap();
-    assert_eq!(seen, vec![70, 30], "uncommitted work is invisible to others");
+    let seen: Vec<i32> = other
+        .query("SELECT bal FROM acct ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(
+        seen,
+        vec![70, 30],
+        "uncommitted work is invisible to others"
+    );
     c.query_drop("ROLLBACK").await.unwrap();
     c.query_drop("SET autocommit = 1").await.unwrap();
     // The same statement prepared many times, and a statement re-executed without rebinding types.
@@ -171,8 +217,12 @@ async fn session_state_follows_the_client() {
     let env = Env::start("").await;
     let mut c = env.proxy_conn().await;
     c.query_drop("SET NAMES latin1").await.unwrap();
-    c.query_drop("SET SESSION sql_mode = 'ANSI_QUOTES', time_zone = '+03:00'").await.unwrap();
-    c.query_drop("CREATE DATABASE IF NOT EXISTS other").await.unwrap();
+    c.query_drop("SET SESSION sql_mode = 'ANSI_QUOTES', time_zone = '+03:00'")
+        .await
+        .unwrap();
+    c.query_drop("CREATE DATABASE IF NOT EXISTS other")
+        .await
+        .unwrap();
     c.query_drop("USE other").await.unwrap();
     let row: Option<(String, String, String, String)> = c
         .query_first("SELECT @@character_set_client, @@sql_mode, @@time_zone, DATABASE()")
@@ -180,11 +230,20 @@ async fn session_state_follows_the_client() {
         .unwrap();
     assert_eq!(
         row.unwrap(),
-        ("latin1".into(), "ANSI_QUOTES".into(), "+03:00".into(), "other".into())
+        (
+            "latin1".into(),
+            "ANSI_QUOTES".into(),
+            "+03:00".into(),
+            "other".into()
+        )
     );
     // Kill the backend connection under the session: the next statement runs
     // on a new pooled connection with the same state.
-    let thread: u32 = c.query_first("SELECT CONNECTION_ID()").await.unwrap().unwrap();
+    let thread: u32 = c
+        .query_first("SELECT CONNECTION_ID()")
+        .await
+        .unwrap()
+        .unwrap();
     env.primary.sql(&format!("KILL {thread}")).unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let row: Option<(String, String, String, String)> = c
@@ -193,9 +252,18 @@ async fn session_state_follows_the_client() {
         .unwrap();
     assert_eq!(
         row.unwrap(),
-        ("latin1".into(), "ANSI_QUOTES".into(), "+03:00".into(), "other".into())
+        (
+            "latin1".into(),
+            "ANSI_QUOTES".into(),
+            "+03:00".into(),
+            "other".into()
+        )
     );
-    let new_thread: u32 = c.query_first("SELECT CONNECTION_ID()").await.unwrap().unwrap();
+    let new_thread: u32 = c
+        .query_first("SELECT CONNECTION_ID()")
+        .await
+        .unwrap()
+        .unwrap();
     assert_ne!(thread, new_thread);
 }
 
@@ -204,12 +272,23 @@ async fn mariadb_cli_works_through_tessera() {
     let env = Env::start("").await;
     let run = |port: u16, sql: &str, extra: &[&str]| {
         let out = std::process::Command::new("mariadb")
-            .args(["--no-defaults", "-h127.0.0.1", &format!("-P{port}"), &format!("-u{USER}"), &format!("-p{PASSWORD}"), DB])
+            .args([
+                "--no-defaults",
+                "-h127.0.0.1",
+                &format!("-P{port}"),
+                &format!("-u{USER}"),
+                &format!("-p{PASSWORD}"),
+                DB,
+            ])
             .args(extra)
             .args(["-e", sql])
             .output()
             .expect("mariadb CLI runs");
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let sql = "CREATE TABLE IF NOT EXISTS cli (id INT PRIMARY KEY, v VARCHAR(20)); \
                REPLACE INTO cli VALUES (1, 'one'), (2, 'two'); \

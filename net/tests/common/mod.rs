@@ -66,7 +66,9 @@ impl Env {
         let dir = scratch_dir("tessera-test");
         let primary = MariaDb::start(&dir.join("primary"), 1).expect("mariadbd starts");
         primary.create_user(USER, PASSWORD).expect("user created");
-        primary.sql(&format!("CREATE DATABASE IF NOT EXISTS {DB}")).expect("db created");
+        primary
+            .sql(&format!("CREATE DATABASE IF NOT EXISTS {DB}"))
+            .expect("db created");
         let config = config_for(&primary.addr(), extra);
         let proxy = proxy::start(&config).await.expect("proxy starts");
         Env {
@@ -90,11 +92,15 @@ impl Env {
     }
 
     pub async fn proxy_conn(&self) -> Conn {
-        Conn::new(self.proxy_opts()).await.expect("connect through tessera")
+        Conn::new(self.proxy_opts())
+            .await
+            .expect("connect through tessera")
     }
 
     pub async fn direct_conn(&self) -> Conn {
-        Conn::new(self.direct_opts()).await.expect("connect to mariadb")
+        Conn::new(self.direct_opts())
+            .await
+            .expect("connect to mariadb")
     }
 
     pub async fn stop_proxy(&mut self) {
@@ -159,7 +165,10 @@ pub async fn run_text(conn: &mut Conn, sql: &str) -> Vec<Outcome> {
         Err(e) => panic!("client error on `{sql}`: {e}"),
     };
     loop {
-        let columns = result.columns().map(|c| describe_columns(&c)).unwrap_or_default();
+        let columns = result
+            .columns()
+            .map(|c| describe_columns(&c))
+            .unwrap_or_default();
         let rows: Result<Vec<mysql_async::Row>, _> = result.collect().await;
         match rows {
             Ok(rows) => out.push(Outcome::Rows {
@@ -193,7 +202,10 @@ pub async fn run_binary(conn: &mut Conn, sql: &str, params: Vec<mysql_async::Val
         Err(mysql_async::Error::Server(e)) => return Outcome::Error(e.code),
         Err(e) => panic!("client error on `{sql}`: {e}"),
     };
-    let columns = result.columns().map(|c| describe_columns(&c)).unwrap_or_default();
+    let columns = result
+        .columns()
+        .map(|c| describe_columns(&c))
+        .unwrap_or_default();
     let rows: Vec<mysql_async::Row> = match result.collect().await {
         Ok(r) => r,
         Err(mysql_async::Error::Server(e)) => return Outcome::Error(e.code),
