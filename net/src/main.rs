@@ -109,9 +109,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// The runtime: `TESSERA_THREADS=1` runs every session on one thread (no
+/// cross-thread wake-ups); more threads spread sessions over cores.
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    let threads = std::env::var("TESSERA_THREADS")
+        .ok()
+        .and_then(|t| t.parse::<usize>().ok())
+        .unwrap_or(1);
+    let mut b = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    b.enable_all().build().expect("tokio runtime")
 }
