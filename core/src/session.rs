@@ -931,20 +931,14 @@ impl Session {
                 self.forward_or_acquire(now, pkt);
             }
             cmd::PROCESS_KILL => {
-                if pkt.payload.len() < 5 {
+                let Some(id) = command_u32(&pkt.payload) else {
                     self.send_err(
                         1,
                         code::ER_MALFORMED_PACKET,
                         "Malformed communication packet: COM_PROCESS_KILL",
                     );
                     return;
-                }
-                let id = u32::from_le_bytes([
-                    pkt.payload[1],
-                    pkt.payload[2],
-                    pkt.payload[3],
-                    pkt.payload[4],
-                ]);
+                };
                 self.phase = Phase::Command(Busy::Killing);
                 self.out.push_back(Output::Kill {
                     connection_id: id,
@@ -963,20 +957,14 @@ impl Session {
             | cmd::STMT_CLOSE
             | cmd::STMT_RESET
             | cmd::STMT_FETCH => {
-                if pkt.payload.len() < 5 {
+                let Some(id) = command_u32(&pkt.payload) else {
                     self.send_err(
                         1,
                         code::ER_MALFORMED_PACKET,
                         "Malformed communication packet: statement id missing",
                     );
                     return;
-                }
-                let id = u32::from_le_bytes([
-                    pkt.payload[1],
-                    pkt.payload[2],
-                    pkt.payload[3],
-                    pkt.payload[4],
-                ]);
+                };
                 if !self.stmts.contains_key(&id) {
                     if matches!(command, cmd::STMT_CLOSE | cmd::STMT_SEND_LONG_DATA) {
                         return; // no response is expected, as in MySQL
@@ -1017,7 +1005,7 @@ impl Session {
         match p.first() {
             Some(&cmd::QUERY) => String::from_utf8_lossy(&p[1..]).into_owned(),
             Some(&cmd::STMT_EXECUTE) if p.len() >= 5 => {
-                let id = u32::from_le_bytes([p[1], p[2], p[3], p[4]]);
+                let id = command_u32(p).unwrap_or(0);
                 match self.stmts.get(&id) {
                     Some(s) => format!("EXECUTE {}", String::from_utf8_lossy(&s.sql)),
                     None => format!("EXECUTE unknown statement {id}"),
@@ -1239,12 +1227,9 @@ impl Session {
             cmd::FIELD_LIST => (ResponseKind::FieldList, Forwarded::Plain, raw_frame(&pkt)),
             cmd::STATISTICS => (ResponseKind::Statistics, Forwarded::Plain, raw_frame(&pkt)),
             cmd::STMT_EXECUTE | cmd::STMT_SEND_LONG_DATA | cmd::STMT_RESET | cmd::STMT_FETCH => {
-                let id = u32::from_le_bytes([
-                    pkt.payload[1],
-                    pkt.payload[2],
-                    pkt.payload[3],
-                    pkt.payload[4],
-                ]);
+                let Some(id) = command_u32(&pkt.payload) else {
+                    return;
+                };
                 let Some(st) = self.stmts.get(&id).cloned() else {
                     return;
                 };
@@ -1730,4 +1715,11 @@ fn parse_change_user(mut b: &[u8], caps: CapabilityFlags) -> Option<ChangeUser> 
         collation,
         plugin,
     })
+}
+
+/// The 4-byte little-endian id after a command byte (statement or connection id).
+fn command_u32(payload: &[u8]) -> Option<u32> {
+    payload
+        .get(1..5)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
