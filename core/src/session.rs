@@ -92,7 +92,6 @@ enum Phase {
     Auth {
         stage: AuthStage,
         method: AuthMethod,
-        change_user: bool,
     },
     /// Logged in; the value says what, if anything, is in progress.
     Command(Busy),
@@ -663,14 +662,7 @@ impl Session {
             collation,
             auth_seq: pkt.seq,
         });
-        self.begin_auth(
-            now,
-            &user,
-            client_plugin.as_deref(),
-            &response,
-            reply_seq,
-            false,
-        );
+        self.begin_auth(now, &user, client_plugin.as_deref(), &response, reply_seq);
     }
 
     fn access_denied(&self, user: &str, used_password: bool) -> String {
@@ -691,11 +683,10 @@ impl Session {
         client_plugin: Option<&[u8]>,
         response: &[u8],
         reply_seq: u8,
-        change_user: bool,
     ) {
         let Some(u) = self.ctx.users.get(user).cloned() else {
             let msg = self.access_denied(user, !response.is_empty());
-            self.fail_auth(reply_seq, &msg, change_user);
+            self.fail_auth(reply_seq, &msg);
             return;
         };
         let method = u.method;
@@ -712,7 +703,6 @@ impl Session {
             self.phase = Phase::Auth {
                 stage: AuthStage::Switched,
                 method,
-                change_user,
             };
             self.frames.expect_seq(Some(reply_seq.wrapping_add(1)));
             return;
@@ -720,9 +710,8 @@ impl Session {
         self.phase = Phase::Auth {
             stage: AuthStage::Switched,
             method,
-            change_user,
         };
-        self.check_scramble(now, &u, method, response, reply_seq, change_user);
+        self.check_scramble(now, &u, method, response, reply_seq);
     }
 
     fn check_scramble(
@@ -732,7 +721,6 @@ impl Session {
         method: AuthMethod,
         response: &[u8],
         reply_seq: u8,
-        change_user: bool,
     ) {
         match method {
             AuthMethod::Native => {
@@ -740,7 +728,7 @@ impl Session {
                     self.auth_succeeded(now, reply_seq);
                 } else {
                     let msg = self.access_denied(&u.name, !response.is_empty());
-                    self.fail_auth(reply_seq, &msg, change_user);
+                    self.fail_auth(reply_seq, &msg);
                 }
             }
             AuthMethod::CachingSha2 => {
@@ -749,7 +737,7 @@ impl Session {
                         self.auth_succeeded(now, reply_seq);
                     } else {
                         let msg = self.access_denied(&u.name, true);
-                        self.fail_auth(reply_seq, &msg, change_user);
+                        self.fail_auth(reply_seq, &msg);
                     }
                     return;
                 }
@@ -762,7 +750,7 @@ impl Session {
                     self.auth_succeeded(now, reply_seq.wrapping_add(1));
                 } else if response.is_empty() {
                     let msg = self.access_denied(&u.name, false);
-                    self.fail_auth(reply_seq, &msg, change_user);
+                    self.fail_auth(reply_seq, &msg);
                 } else {
                     // perform_full_authentication
                     self.out
@@ -770,7 +758,6 @@ impl Session {
                     self.phase = Phase::Auth {
                         stage: AuthStage::FullAuth,
                         method,
-                        change_user,
                     };
                     self.frames.expect_seq(Some(reply_seq.wrapping_add(1)));
                 }
@@ -779,12 +766,7 @@ impl Session {
     }
 
     fn on_auth_data(&mut self, now: Instant, pkt: Packet) {
-        let Phase::Auth {
-            stage,
-            method,
-            change_user,
-        } = self.phase
-        else {
+        let Phase::Auth { stage, method } = self.phase else {
             return;
         };
         let reply_seq = pkt.seq.wrapping_add(1);
@@ -795,14 +777,12 @@ impl Session {
             .unwrap_or_default();
         let Some(u) = self.ctx.users.get(&user_name).cloned() else {
             let msg = self.access_denied(&user_name, true);
-            self.fail_auth(reply_seq, &msg, change_user);
+            self.fail_auth(reply_seq, &msg);
             return;
         };
         let data = &pkt.payload[..];
         match stage {
-            AuthStage::Switched => {
-                self.check_scramble(now, &u, method, data, reply_seq, change_user)
-            }
+            AuthStage::Switched => self.check_scramble(now, &u, method, data, reply_seq),
             AuthStage::FullAuth | AuthStage::KeySent => {
                 if stage == AuthStage::FullAuth && data == [0x02] {
                     match self.ctx.rsa.clone() {
@@ -810,13 +790,12 @@ impl Session {
                             let mut p = vec![0x01];
                             p.extend_from_slice(key.public_pem().as_bytes());
                             self.out.push_back(Output::ToClient(frame(reply_seq, &p)));
-                            self.phase = Phase::Auth { stage: AuthStage::KeySent, method, change_user };
+                            self.phase = Phase::Auth { stage: AuthStage::KeySent, method };
                             self.frames.expect_seq(Some(reply_seq.wrapping_add(1)));
                         }
                         None => self.fail_auth(
                             reply_seq,
                             "caching_sha2_password full authentication is not available: Tessera has no RSA key",
-                            change_user,
                         ),
                     }
                     return;
@@ -826,7 +805,6 @@ impl Session {
                     self.fail_auth(
                         reply_seq,
                         "caching_sha2_password full authentication on a connection without TLS needs the RSA public key exchange; let the client request the server's public key (e.g. --get-server-public-key)",
-                        change_user,
                     );
                     return;
                 }
@@ -841,13 +819,13 @@ impl Session {
                     self.auth_succeeded(now, reply_seq);
                 } else {
                     let msg = self.access_denied(&u.name, true);
-                    self.fail_auth(reply_seq, &msg, change_user);
+                    self.fail_auth(reply_seq, &msg);
                 }
             }
         }
     }
 
-    fn fail_auth(&mut self, seq: u8, message: &str, _change_user: bool) {
+    fn fail_auth(&mut self, seq: u8, message: &str) {
         // MySQL closes the connection after a failed login or change-user.
         self.close_with(seq, code::ER_ACCESS_DENIED, message);
     }
@@ -1373,7 +1351,7 @@ impl Session {
             auth_seq: 1,
         });
         self.frames.expect_seq(Some(1));
-        self.begin_auth(now, &user, plugin.as_deref(), &response, 1, true);
+        self.begin_auth(now, &user, plugin.as_deref(), &response, 1);
     }
 
     // ------------------------------------------------------ response paths

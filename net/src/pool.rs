@@ -222,16 +222,7 @@ impl<C: Connector> Pool<C> {
         format_caps: CapabilityFlags,
         permit: OwnedSemaphorePermit,
     ) -> Result<BackendConn<C::Stream>, PoolError> {
-        let i = &self.inner;
-        let ms = i.cfg.connect_timeout_ms;
-        let fut = connect_and_login(&i.connector, &i.addr, &i.user, &i.password, format_caps);
-        let (stream, buf, meta) =
-            timeout(Duration::from_millis(ms), fut)
-                .await
-                .map_err(|_| PoolError::ConnectTimeout {
-                    addr: i.addr.clone(),
-                    ms,
-                })??;
+        let (stream, buf, meta) = self.connect(format_caps).await?;
         Ok(BackendConn {
             stream,
             buf,
@@ -240,6 +231,22 @@ impl<C: Connector> Pool<C> {
             last_used: Instant::now(),
             _permit: permit,
         })
+    }
+
+    /// Connects and logs in within `connect_timeout_ms`.
+    async fn connect(
+        &self,
+        format_caps: CapabilityFlags,
+    ) -> Result<(C::Stream, BytesMut, BackendMeta), PoolError> {
+        let i = &self.inner;
+        let ms = i.cfg.connect_timeout_ms;
+        let fut = connect_and_login(&i.connector, &i.addr, &i.user, &i.password, format_caps);
+        timeout(Duration::from_millis(ms), fut)
+            .await
+            .map_err(|_| PoolError::ConnectTimeout {
+                addr: i.addr.clone(),
+                ms,
+            })?
     }
 
     fn take_idle(&self, wanted: CapabilityFlags) -> Option<BackendConn<C::Stream>> {
@@ -356,15 +363,7 @@ impl<C: Connector> Pool<C> {
     /// Runs one statement on a fresh, unpooled connection (used for KILL).
     pub async fn run_once(&self, sql: &str) -> Result<(), PoolError> {
         let i = &self.inner;
-        let fut = connect_and_login(&i.connector, &i.addr, &i.user, &i.password, fmt_caps());
-        let ms = i.cfg.connect_timeout_ms;
-        let (mut stream, mut buf, _) =
-            timeout(Duration::from_millis(ms), fut)
-                .await
-                .map_err(|_| PoolError::ConnectTimeout {
-                    addr: i.addr.clone(),
-                    ms,
-                })??;
+        let (mut stream, mut buf, _) = self.connect(fmt_caps()).await?;
         let io_err = |source| PoolError::Io {
             addr: i.addr.clone(),
             source,

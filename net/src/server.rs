@@ -288,7 +288,7 @@ impl<S: Stream, C: Connector> ClientDriver<S, C> {
             if !client_buf.is_empty() && session.wants_client_data() {
                 let before = client_buf.len();
                 session.handle_client_data(now(), &mut client_buf);
-                if client_buf.len() != before || session.poll_timeout().is_some() {
+                if client_buf.len() != before {
                     continue;
                 }
             }

@@ -195,7 +195,13 @@ async fn transactions_prepared_statements_and_pool() {
     let db: Option<String> = c.query_first("SELECT DATABASE()").await.unwrap();
     assert_eq!(db.as_deref(), Some(DB));
     // mysql_async's own pool over Tessera, many tasks at once.
-    let pool = mysql_async::Pool::new(env.proxy_opts());
+    // Each client holds one backend connection: keep the client pool below
+    // the proxy's 16 backend connections (two are taken by `c` and `other`).
+    let constraints = mysql_async::PoolConstraints::new(0, 8).unwrap();
+    let pool_opts = mysql_async::PoolOpts::default().with_constraints(constraints);
+    let pool = mysql_async::Pool::new(
+        mysql_async::OptsBuilder::from_opts(env.proxy_opts()).pool_opts(pool_opts),
+    );
     let mut tasks = Vec::new();
     for i in 0..20 {
         let pool = pool.clone();
@@ -212,6 +218,17 @@ async fn transactions_prepared_statements_and_pool() {
     drop(other);
 }
 
+/// The session state `session_state_follows_the_client` sets up.
+async fn assert_state_kept(c: &mut mysql_async::Conn) {
+    let row: Option<(String, String, String, String)> = c
+        .query_first("SELECT @@character_set_client, @@sql_mode, @@time_zone, DATABASE()")
+        .await
+        .unwrap();
+    let expected = ("latin1", "ANSI_QUOTES", "+03:00", "other");
+    let row = row.unwrap();
+    assert_eq!((&*row.0, &*row.1, &*row.2, &*row.3), expected);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_state_follows_the_client() {
     let env = Env::start("").await;
@@ -224,19 +241,7 @@ async fn session_state_follows_the_client() {
         .await
         .unwrap();
     c.query_drop("USE other").await.unwrap();
-    let row: Option<(String, String, String, String)> = c
-        .query_first("SELECT @@character_set_client, @@sql_mode, @@time_zone, DATABASE()")
-        .await
-        .unwrap();
-    assert_eq!(
-        row.unwrap(),
-        (
-            "latin1".into(),
-            "ANSI_QUOTES".into(),
-            "+03:00".into(),
-            "other".into()
-        )
-    );
+    assert_state_kept(&mut c).await;
     // Kill the backend connection under the session: the next statement runs
     // on a new pooled connection with the same state.
     let thread: u32 = c
@@ -246,19 +251,7 @@ async fn session_state_follows_the_client() {
         .unwrap();
     env.primary.sql(&format!("KILL {thread}")).unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let row: Option<(String, String, String, String)> = c
-        .query_first("SELECT @@character_set_client, @@sql_mode, @@time_zone, DATABASE()")
-        .await
-        .unwrap();
-    assert_eq!(
-        row.unwrap(),
-        (
-            "latin1".into(),
-            "ANSI_QUOTES".into(),
-            "+03:00".into(),
-            "other".into()
-        )
-    );
+    assert_state_kept(&mut c).await;
     let new_thread: u32 = c
         .query_first("SELECT CONNECTION_ID()")
         .await
