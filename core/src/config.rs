@@ -60,7 +60,7 @@ pub struct UserConfig {
 pub struct NodeConfig {
     #[serde(default = "default_node_name")]
     pub name: String,
-    /// `host:port` of the primary.
+    /// `host:port` of the primary, or the path of its Unix socket.
     pub primary: String,
     /// `host:port` of each replica (reads go to the primary in this version).
     #[serde(default)]
@@ -334,12 +334,16 @@ impl Config {
     }
 }
 
+/// A backend address: `host:port`, or the path of a Unix socket.
 fn check_host_port(key: &str, v: &str) -> Result<(), ConfigError> {
+    if v.starts_with('/') || v.starts_with("./") {
+        return Ok(());
+    }
     match v.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
             Ok(())
         }
-        _ => Err(bad(key, format!("`{v}` is not host:port"))),
+        _ => Err(bad(key, format!("`{v}` is not host:port or a socket path"))),
     }
 }
 

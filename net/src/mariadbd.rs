@@ -263,6 +263,11 @@ impl MariaDb {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The server's Unix socket (a backend address Tessera accepts too).
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.join("mysqld.sock")
+    }
+
     /// Runs SQL as root over the server's own socket with the `mariadb` CLI;
     /// returns its tab-separated output.
     pub fn sql(&self, sql: &str) -> io::Result<String> {

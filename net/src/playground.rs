@@ -70,6 +70,8 @@ name = "{USER}"
 password_native = "{native}"
 password_sha2 = "{sha2}"
 
+# The proxy runs beside its backends, so it reaches the primary over its
+# Unix socket (clients may use the primary's TCP port printed as `backend:`).
 [node]
 name = "shard1"
 primary = "{primary}"
@@ -83,7 +85,7 @@ max_connections = 256
         port = opts.port,
         native = hashes.native_string(),
         sha2 = hashes.sha2_string(),
-        primary = first.primary.addr(),
+        primary = first.primary.socket_path().display(),
         replicas = replicas.join(", "),
     );
     std::fs::write(dir.join("tessera.toml"), &text)?;

@@ -49,7 +49,10 @@ pub struct BackendConn<S> {
     pub meta: BackendMeta,
     /// The response-format capabilities it was opened with.
     format: CapabilityFlags,
+    /// When a client last gave it back (idle expiry counts from here).
     last_used: Instant,
+    /// When the backend last answered (a ping is due after `ping_interval_ms`).
+    last_checked: Instant,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -229,6 +232,7 @@ impl<C: Connector> Pool<C> {
             meta,
             format: format_caps,
             last_used: Instant::now(),
+            last_checked: Instant::now(),
             _permit: permit,
         })
     }
@@ -275,6 +279,7 @@ impl<C: Connector> Pool<C> {
                 Ok(Ok(())) => {
                     conn.meta.state.after_reset();
                     conn.last_used = Instant::now();
+                    conn.last_checked = conn.last_used;
                     if let Ok(mut idle) = pool.inner.idle.lock() {
                         idle.conns.push(conn);
                     }
@@ -312,7 +317,9 @@ impl<C: Connector> Pool<C> {
                         && total - expired.len() > cfg.min_idle
                     {
                         expired.push(c);
-                    } else if age >= Duration::from_millis(cfg.ping_interval_ms) {
+                    } else if now.duration_since(c.last_checked)
+                        >= Duration::from_millis(cfg.ping_interval_ms)
+                    {
                         to_ping.push(c);
                     } else {
                         keep.push(c);
@@ -331,7 +338,7 @@ impl<C: Connector> Pool<C> {
                 )
                 .await
                 {
-                    c.last_used = Instant::now();
+                    c.last_checked = Instant::now();
                     if let Ok(mut idle) = self.inner.idle.lock() {
                         idle.conns.push(c);
                     }

@@ -311,3 +311,18 @@ async fn mariadb_cli_works_through_tessera() {
     assert_eq!(code, Some(0), "stderr: {err}");
     assert!(out.contains("1002"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_over_unix_socket() {
+    let env = Env::start("").await;
+    let socket = env.primary.socket_path();
+    let cfg = common::config_for(&socket.display().to_string(), "");
+    let p = tessera_net::proxy::start(&cfg).await.unwrap();
+    let mut c = mysql_async::Conn::new(opts(p.addr.port(), USER, PASSWORD))
+        .await
+        .unwrap();
+    let v: Option<(i32, String)> = c.exec_first("SELECT ?, DATABASE()", (5,)).await.unwrap();
+    assert_eq!(v, Some((5, DB.to_string())));
+    drop(c);
+    p.shutdown().await;
+}
