@@ -453,6 +453,61 @@ pub fn format_capabilities() -> CapabilityFlags {
         | CapabilityFlags::CLIENT_LONG_FLAG
 }
 
+/// Encodes a column definition (protocol 4.1).
+///
+/// `mysql_common`'s `Column` serializer writes `column_length` before
+/// `character_set`, the reverse of the protocol (its deserializer is right);
+/// this is the one place that corrects it, by swapping the two fields in the
+/// fixed-length tail it writes. `column_definition_round_trips` guards it.
+pub fn encode_column(column: &mysql_common::packets::Column) -> Vec<u8> {
+    use mysql_common::proto::MySerialize;
+    let mut buf = Vec::with_capacity(64);
+    column.serialize(&mut buf);
+    // Tail: 0x0c, length(4), charset(2), type, flags(2), decimals, filler(2).
+    let tail = buf.len() - 13;
+    let length: [u8; 4] = buf[tail + 1..tail + 5].try_into().unwrap_or_default();
+    let charset: [u8; 2] = buf[tail + 5..tail + 7].try_into().unwrap_or_default();
+    buf[tail + 1..tail + 3].copy_from_slice(&charset);
+    buf[tail + 3..tail + 7].copy_from_slice(&length);
+    buf
+}
+
+/// Encodes a whole text-protocol result set (column count, definitions,
+/// rows, terminator) starting at sequence id 1; `None` cells are NULL.
+pub fn encode_text_result(
+    columns: &[mysql_common::packets::Column],
+    rows: &[Vec<Option<&[u8]>>],
+    deprecate_eof: bool,
+    status: StatusFlags,
+) -> BytesMut {
+    let mut out = BytesMut::new();
+    let mut count = Vec::new();
+    put_lenenc_int(&mut count, columns.len() as u64);
+    let mut seq = write_packet(&mut out, 1, &count);
+    for c in columns {
+        seq = write_packet(&mut out, seq, &encode_column(c));
+    }
+    if !deprecate_eof {
+        seq = write_packet(&mut out, seq, &eof_payload(0, status));
+    }
+    for row in rows {
+        let mut p = Vec::new();
+        for cell in row {
+            match cell {
+                Some(v) => put_lenenc_str(&mut p, v),
+                None => p.push(0xfb),
+            }
+        }
+        seq = write_packet(&mut out, seq, &p);
+    }
+    if deprecate_eof {
+        write_packet(&mut out, seq, &ok_payload(0xfe, 0, 0, status, 0));
+    } else {
+        write_packet(&mut out, seq, &eof_payload(0, status));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -553,6 +608,72 @@ mod tests {
             (e.code, e.state.as_str(), e.message.as_str()),
             (1045, "28000", "Access denied")
         );
+    }
+
+    fn sample_column() -> mysql_common::packets::Column {
+        use mysql_common::constants::{ColumnFlags, ColumnType};
+        mysql_common::packets::Column::new(ColumnType::MYSQL_TYPE_VAR_STRING)
+            .with_schema(b"db")
+            .with_table(b"t")
+            .with_org_table(b"t")
+            .with_name(b"name")
+            .with_org_name(b"name")
+            .with_character_set(45)
+            .with_column_length(400)
+            .with_flags(ColumnFlags::NOT_NULL_FLAG)
+            .with_decimals(0)
+    }
+
+    #[test]
+    fn mysql_common_column_serializer_swaps_length_and_charset() {
+        use mysql_common::proto::MySerialize;
+        let col = sample_column();
+        let mut raw = Vec::new();
+        col.serialize(&mut raw);
+        let back: mysql_common::packets::Column =
+            mysql_common::io::ParseBuf(&raw).parse(()).unwrap();
+        // The upstream bug this module works around: if this starts failing,
+        // mysql_common was fixed and `encode_column` must stop swapping.
+        assert_ne!(
+            (back.character_set(), back.column_length()),
+            (col.character_set(), col.column_length())
+        );
+    }
+
+    #[test]
+    fn column_definition_round_trips() {
+        let col = sample_column();
+        let bytes = encode_column(&col);
+        let back: mysql_common::packets::Column =
+            mysql_common::io::ParseBuf(&bytes).parse(()).unwrap();
+        assert_eq!(back.character_set(), 45);
+        assert_eq!(back.column_length(), 400);
+        assert_eq!(back.column_type(), col.column_type());
+        assert_eq!(back.flags(), col.flags());
+        assert_eq!(back.name_ref(), b"name");
+        assert_eq!(back.schema_ref(), b"db");
+    }
+
+    #[test]
+    fn text_result_set_is_complete_for_the_scanner() {
+        for deprecate in [false, true] {
+            let rows = vec![vec![Some(&b"a"[..])], vec![None]];
+            let wire =
+                encode_text_result(&[sample_column()], &rows, deprecate, StatusFlags::empty());
+            let mut s = crate::backend::ResponseScanner::new(
+                crate::backend::ResponseKind::Generic,
+                deprecate,
+            );
+            let mut pos = 0;
+            while !s.is_done() {
+                match s.step(&wire[pos..]) {
+                    crate::backend::Step::Pass(n) => pos += n,
+                    crate::backend::Step::Packet { total, .. } => pos += total,
+                    crate::backend::Step::NeedMore => panic!("truncated result"),
+                }
+            }
+            assert_eq!(pos, wire.len());
+        }
     }
 
     #[test]

@@ -109,13 +109,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// The runtime: `TESSERA_THREADS=1` runs every session on one thread (no
-/// cross-thread wake-ups); more threads spread sessions over cores.
+/// The runtime: one worker thread per core by default; `TESSERA_THREADS=1`
+/// runs every session on one event loop (no cross-thread wake-ups).
 fn runtime() -> tokio::runtime::Runtime {
     let threads = std::env::var("TESSERA_THREADS")
         .ok()
         .and_then(|t| t.parse::<usize>().ok())
-        .unwrap_or(1);
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let mut b = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
