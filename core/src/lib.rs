@@ -7,5 +7,7 @@ pub mod backend;
 pub mod config;
 pub mod protocol;
 pub mod session;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use session::{Output, Session, SessionContext, StatementRecord};

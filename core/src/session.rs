@@ -1701,3 +1701,136 @@ fn command_u32(payload: &[u8]) -> Option<u32> {
         .get(1..5)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{self, attach_and_restore, client_caps, drain, logged_in};
+    use proptest::prelude::*;
+
+    fn framed(seq: u8, payload: &[u8]) -> BytesMut {
+        let mut out = BytesMut::new();
+        protocol::write_packet(&mut out, seq, payload);
+        out
+    }
+
+    /// Feeds `wire` to the backend side in the given chunk sizes.
+    fn feed_backend(s: &mut Session, now: Instant, wire: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut client = Vec::new();
+        let mut buf = BytesMut::new();
+        let mut pos = 0;
+        let mut i = 0;
+        while pos < wire.len() {
+            let n = cuts
+                .get(i)
+                .copied()
+                .unwrap_or(wire.len())
+                .clamp(1, wire.len() - pos);
+            i += 1;
+            buf.extend_from_slice(&wire[pos..pos + n]);
+            pos += n;
+            s.handle_backend_data(now, &mut buf);
+            client.extend(drain(s).to_client);
+        }
+        client
+    }
+
+    #[test]
+    fn unknown_command_gets_an_error_not_a_close() {
+        let now = Instant::now();
+        let mut s = logged_in(now, client_caps(), 1 << 20);
+        s.handle_client_data(now, &mut framed(0, &[0xee]));
+        let d = drain(&mut s);
+        assert_eq!(d.to_client[4], 0xff);
+        assert!(!d.closed);
+    }
+
+    #[test]
+    fn query_round_trip_forwards_the_response_untouched() {
+        let now = Instant::now();
+        let mut s = logged_in(now, client_caps(), 1 << 20);
+        s.handle_client_data(now, &mut framed(0, b"\x03SELECT 1"));
+        assert!(drain(&mut s).acquire);
+        let sent = attach_and_restore(&mut s, now, client_caps());
+        assert_eq!(&sent[4..], b"\x03SELECT 1");
+        let col = mysql_common::packets::Column::new(
+            mysql_common::constants::ColumnType::MYSQL_TYPE_LONGLONG,
+        )
+        .with_name(b"1");
+        let wire = protocol::encode_text_result(
+            &[col],
+            &[vec![Some(&b"1"[..])]],
+            true,
+            StatusFlags::SERVER_STATUS_AUTOCOMMIT,
+        );
+        let got = feed_backend(&mut s, now, &wire, &[3, 7, 1, 50]);
+        assert_eq!(got, wire.to_vec());
+        assert!(s.is_idle());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any bytes instead of a handshake response: no panic; the session
+        /// either waits for more or answers with ERR and closes.
+        #[test]
+        fn garbage_handshake_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let now = Instant::now();
+            let mut s = Session::new(testing::context(1 << 16), 1, IpAddr::from([127, 0, 0, 1]), [1; 20], now);
+            drain(&mut s);
+            s.handle_client_data(now, &mut BytesMut::from(&bytes[..]));
+            let d = drain(&mut s);
+            if !d.to_client.is_empty() {
+                prop_assert!(d.to_client[4] == 0xff || d.to_client[4] == 0x00 || d.to_client[4] == 0xfe);
+            }
+        }
+
+        /// After login, arbitrary client commands and arbitrary backend
+        /// replies never panic, and every client-bound output is framed.
+        #[test]
+        fn arbitrary_commands_and_replies_never_panic(
+            commands in proptest::collection::vec((any::<u8>(), proptest::collection::vec(any::<u8>(), 0..40)), 1..6),
+            replies in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..60), 1..6),
+        ) {
+            let now = Instant::now();
+            let mut s = logged_in(now, client_caps(), 1 << 16);
+            for ((cmd, body), reply) in commands.iter().zip(replies.iter().cycle()) {
+                let mut payload = vec![*cmd];
+                payload.extend_from_slice(body);
+                s.handle_client_data(now, &mut framed(0, &payload));
+                let d = drain(&mut s);
+                if d.acquire {
+                    attach_and_restore(&mut s, now, client_caps());
+                }
+                s.handle_backend_data(now, &mut BytesMut::from(&reply[..]));
+                let d = drain(&mut s);
+                if d.closed || s.is_closed() {
+                    break;
+                }
+            }
+        }
+
+        /// A well-formed result set reaches the client byte for byte, however
+        /// the backend's bytes are cut into reads.
+        #[test]
+        fn result_sets_stream_through_unchanged(
+            rows in proptest::collection::vec(proptest::collection::vec(proptest::option::of(proptest::collection::vec(any::<u8>(), 0..30)), 2), 0..20),
+            cuts in proptest::collection::vec(1usize..40, 0..30),
+            deprecate in any::<bool>(),
+        ) {
+            let now = Instant::now();
+            let mut caps = client_caps();
+            caps.set(CapabilityFlags::CLIENT_DEPRECATE_EOF, deprecate);
+            let mut s = logged_in(now, caps, 1 << 20);
+            s.handle_client_data(now, &mut framed(0, b"\x03SELECT a, b FROM t"));
+            prop_assert!(drain(&mut s).acquire);
+            attach_and_restore(&mut s, now, caps);
+            let cols: Vec<_> = ["a", "b"].iter().map(|n| mysql_common::packets::Column::new(mysql_common::constants::ColumnType::MYSQL_TYPE_BLOB).with_name(n.as_bytes())).collect();
+            let cells: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| r.iter().map(|c| c.as_deref()).collect()).collect();
+            let wire = protocol::encode_text_result(&cols, &cells, deprecate, StatusFlags::SERVER_STATUS_AUTOCOMMIT);
+            let got = feed_backend(&mut s, now, &wire, &cuts);
+            prop_assert_eq!(got, wire.to_vec());
+            prop_assert!(s.is_idle());
+        }
+    }
+}

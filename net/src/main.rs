@@ -115,7 +115,11 @@ fn runtime() -> tokio::runtime::Runtime {
     let threads = std::env::var("TESSERA_THREADS")
         .ok()
         .and_then(|t| t.parse::<usize>().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
     let mut b = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {

@@ -1,0 +1,170 @@
+//! Helpers that drive a [`Session`] without sockets: a context with one
+//! user, a client login, and a backend that answers the restore commands.
+//! Used by unit tests, property tests, benches and fuzz targets.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use mysql_common::auth::plugins::mysql_native_password::scramble_native;
+use mysql_common::io::ParseBuf;
+use mysql_common::packets::{AuthPlugin, HandshakePacket, HandshakeResponse};
+use mysql_common::proto::MySerialize;
+
+use crate::auth::{AuthMethod, PasswordHashes, Sha2Cache};
+use crate::backend::{BackendMeta, ConnState};
+use crate::config::User;
+use crate::protocol::{self, CapabilityFlags, StatusFlags};
+use crate::session::{Output, Session, SessionContext};
+
+pub const USER: &str = "app";
+pub const PASSWORD: &str = "pw";
+
+/// A context with the user `app`/`pw` (native password).
+pub fn context(max_allowed_packet: usize) -> Arc<SessionContext> {
+    let mut users = BTreeMap::new();
+    users.insert(
+        USER.to_string(),
+        User {
+            name: USER.into(),
+            hashes: PasswordHashes::from_password(PASSWORD),
+            method: AuthMethod::Native,
+        },
+    );
+    Arc::new(SessionContext {
+        users,
+        sha2_cache: Arc::new(Sha2Cache::default()),
+        rsa: None,
+        server_version: "5.5.5-10.11.0-MariaDB".into(),
+        max_allowed_packet,
+        record_statements: false,
+        backend_read_timeout: None,
+    })
+}
+
+/// Client capabilities of a typical modern client.
+pub fn client_caps() -> CapabilityFlags {
+    CapabilityFlags::CLIENT_PROTOCOL_41
+        | CapabilityFlags::CLIENT_SECURE_CONNECTION
+        | CapabilityFlags::CLIENT_PLUGIN_AUTH
+        | CapabilityFlags::CLIENT_LONG_PASSWORD
+        | CapabilityFlags::CLIENT_TRANSACTIONS
+        | CapabilityFlags::CLIENT_MULTI_STATEMENTS
+        | CapabilityFlags::CLIENT_MULTI_RESULTS
+        | CapabilityFlags::CLIENT_DEPRECATE_EOF
+        | CapabilityFlags::CLIENT_SESSION_TRACK
+}
+
+/// Everything the session wants sent, split by destination.
+#[derive(Debug, Default)]
+pub struct Drained {
+    pub to_client: Vec<u8>,
+    pub to_backend: Vec<u8>,
+    pub acquire: bool,
+    pub closed: bool,
+}
+
+pub fn drain(session: &mut Session) -> Drained {
+    let mut d = Drained::default();
+    while let Some(o) = session.poll_output() {
+        match o {
+            Output::ToClient(b) => d.to_client.extend_from_slice(&b),
+            Output::ToBackend(b) => d.to_backend.extend_from_slice(&b),
+            Output::AcquireBackend => d.acquire = true,
+            Output::Close => d.closed = true,
+            _ => {}
+        }
+    }
+    d
+}
+
+/// The handshake response a client would send to `greeting` (framed, seq 1).
+pub fn handshake_response(greeting: &[u8], caps: CapabilityFlags) -> Vec<u8> {
+    let hs: HandshakePacket<'_> = ParseBuf(&greeting[4..]).parse(()).expect("greeting parses");
+    let mut nonce = hs.nonce();
+    nonce.truncate(20);
+    let scramble = scramble_native(&nonce, PASSWORD.as_bytes()).expect("non-empty password");
+    let resp = HandshakeResponse::new(
+        Some(&scramble[..]),
+        (10, 11, 0),
+        Some(USER.as_bytes()),
+        None::<&[u8]>,
+        Some(AuthPlugin::MysqlNativePassword),
+        caps,
+        None,
+        1 << 24,
+    );
+    let mut payload = Vec::new();
+    resp.serialize(&mut payload);
+    let mut out = BytesMut::new();
+    protocol::write_packet(&mut out, 1, &payload);
+    out.to_vec()
+}
+
+/// A session that has logged in `app` (no database).
+pub fn logged_in(now: Instant, caps: CapabilityFlags, max_allowed_packet: usize) -> Session {
+    let mut s = Session::new(
+        context(max_allowed_packet),
+        1,
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        [7; 20],
+        now,
+    );
+    let greeting = drain(&mut s).to_client;
+    let mut buf = BytesMut::from(&handshake_response(&greeting, caps)[..]);
+    s.handle_client_data(now, &mut buf);
+    let d = drain(&mut s);
+    assert_eq!(d.to_client.get(4), Some(&0), "login OK");
+    s
+}
+
+/// The meta of a backend connection whose session already matches what a
+/// fresh client session wants, so attaching sends no restore commands
+/// except those `answer_restore` handles.
+pub fn backend_meta(caps: CapabilityFlags) -> BackendMeta {
+    BackendMeta {
+        thread_id: 42,
+        server_version: "5.5.5-10.11.0-MariaDB".into(),
+        capabilities: (caps & protocol::format_capabilities())
+            | CapabilityFlags::CLIENT_SESSION_TRACK
+            | CapabilityFlags::CLIENT_PROTOCOL_41,
+        state: ConnState::default(),
+    }
+}
+
+/// An OK packet (seq 1) as a backend answers a command.
+pub fn ok_reply() -> Vec<u8> {
+    let mut out = BytesMut::new();
+    protocol::write_packet(
+        &mut out,
+        1,
+        &protocol::ok_payload(0, 0, 0, StatusFlags::SERVER_STATUS_AUTOCOMMIT, 0),
+    );
+    out.to_vec()
+}
+
+/// Attaches a backend after `AcquireBackend` and answers every restore
+/// command with OK until the client's own command reaches the backend.
+/// Returns the bytes of that command.
+pub fn attach_and_restore(s: &mut Session, now: Instant, caps: CapabilityFlags) -> Vec<u8> {
+    s.handle_backend_attached(now, backend_meta(caps));
+    for _ in 0..8 {
+        let d = drain(s);
+        if d.to_backend.is_empty() {
+            return Vec::new();
+        }
+        // Restore commands are SET (COM_QUERY starting with "SET "),
+        // COM_SET_OPTION or COM_INIT_DB; anything else is the client's.
+        let cmd = d.to_backend.get(4).copied();
+        let is_restore = matches!(cmd, Some(0x1b) | Some(0x02))
+            || (cmd == Some(0x03) && d.to_backend[5..].starts_with(b"SET session_track"));
+        if !is_restore {
+            return d.to_backend;
+        }
+        let mut reply = BytesMut::from(&ok_reply()[..]);
+        s.handle_backend_data(now, &mut reply);
+    }
+    Vec::new()
+}
