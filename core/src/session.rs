@@ -1144,6 +1144,11 @@ impl Session {
                 Ok(())
             }
             (_, InternalResult::Err(e)) => Err((e.code, e.message)),
+            // Anything but STMT_OK would make the execute re-prepare forever.
+            (InternalPurpose::Reprepare(_), InternalResult::Ok { .. }) => Err((
+                code::ER_UNKNOWN_ERROR,
+                "the backend did not prepare the statement again on a new connection".into(),
+            )),
             (_, _) => Ok(()),
         }
     }
@@ -1765,6 +1770,38 @@ mod tests {
         );
         let got = feed_backend(&mut s, now, &wire, &[3, 7, 1, 50]);
         assert_eq!(got, wire.to_vec());
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn failed_reprepare_answers_the_client_instead_of_looping() {
+        let now = Instant::now();
+        let caps = client_caps();
+        let mut s = logged_in(now, caps, 1 << 20);
+        s.handle_client_data(now, &mut framed(0, b"\x16SELECT 1"));
+        drain(&mut s);
+        attach_and_restore(&mut s, now, caps);
+        let mut ok = vec![0u8];
+        ok.extend_from_slice(&5u32.to_le_bytes());
+        ok.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
+        s.handle_backend_data(now, &mut framed(1, &ok));
+        let out = drain(&mut s).to_client;
+        let id = u32::from_le_bytes([out[5], out[6], out[7], out[8]]);
+        // The backend connection dies; the next execute re-prepares on a new one.
+        s.handle_backend_closed(now, "test");
+        drain(&mut s);
+        let mut exec = vec![cmd::STMT_EXECUTE];
+        exec.extend_from_slice(&id.to_le_bytes());
+        exec.extend_from_slice(&[0, 1, 0, 0, 0]);
+        s.handle_client_data(now, &mut framed(0, &exec));
+        assert!(drain(&mut s).acquire);
+        let sent = attach_and_restore(&mut s, now, caps);
+        assert_eq!(sent.get(4), Some(&cmd::STMT_PREPARE));
+        // A plain OK is not a STMT_OK: the client gets an error, no retry loop.
+        s.handle_backend_data(now, &mut BytesMut::from(&testing::ok_reply()[..]));
+        let d = drain(&mut s);
+        assert_eq!(d.to_client.get(4), Some(&0xff));
+        assert!(d.to_backend.is_empty());
         assert!(s.is_idle());
     }
 
