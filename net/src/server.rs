@@ -45,6 +45,18 @@ pub struct Shared<C: Connector> {
     sessions: Mutex<HashMap<u32, SessionHandle>>,
     logger: Option<StatementLogger>,
     client_idle_timeout: Option<Duration>,
+    /// Source of handshake nonces: OS entropy in production, a seed in simulation.
+    rng: Mutex<rand::rngs::StdRng>,
+}
+
+impl<C: Connector> Shared<C> {
+    fn nonce(&self) -> [u8; 20] {
+        use rand::Rng;
+        match self.rng.lock() {
+            Ok(mut r) => r.gen(),
+            Err(_) => [0x5a; 20],
+        }
+    }
 }
 
 /// Builds everything the server needs from a validated config.
@@ -52,6 +64,20 @@ pub async fn build_shared<C: Connector>(
     config: &Config,
     connector: C,
 ) -> Result<Arc<Shared<C>>, ConfigError> {
+    build_shared_seeded(config, connector, None).await
+}
+
+/// As [`build_shared`]; `seed` makes handshake nonces reproducible (simulation).
+pub async fn build_shared_seeded<C: Connector>(
+    config: &Config,
+    connector: C,
+    seed: Option<u64>,
+) -> Result<Arc<Shared<C>>, ConfigError> {
+    use rand::SeedableRng;
+    let rng = match seed {
+        Some(s) => rand::rngs::StdRng::seed_from_u64(s),
+        None => rand::rngs::StdRng::from_entropy(),
+    };
     let v = config.validate()?;
     let pool = Pool::new(
         connector,
@@ -112,6 +138,7 @@ pub async fn build_shared<C: Connector>(
         logger,
         client_idle_timeout: (config.client_idle_timeout_ms > 0)
             .then(|| Duration::from_millis(config.client_idle_timeout_ms)),
+        rng: Mutex::new(rng),
     }))
 }
 
@@ -128,7 +155,9 @@ pub async fn serve<L: Listener, C: Connector>(
     let mut tasks = JoinSet::new();
     tokio::spawn(shared.pool.clone().maintain());
     loop {
+        // `biased`: the same branch order every time keeps simulations reproducible.
         tokio::select! {
+            biased;
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(x) => x,
@@ -157,6 +186,7 @@ pub async fn serve<L: Listener, C: Connector>(
     tokio::pin!(deadline);
     loop {
         tokio::select! {
+            biased;
             next = tasks.join_next() => if next.is_none() { break },
             _ = &mut deadline => {
                 tracing::warn!(clients = tasks.len(), "shutdown deadline passed; closing remaining clients");
@@ -265,7 +295,7 @@ enum Event {
 
 impl<S: Stream, C: Connector> ClientDriver<S, C> {
     async fn run(&mut self, peer: SocketAddr) -> std::io::Result<()> {
-        let nonce: [u8; 20] = rand::random();
+        let nonce = self.shared.nonce();
         let mut session = Session::new(self.shared.ctx.clone(), self.id, peer.ip(), nonce, now());
         let mut client_buf = BytesMut::with_capacity(16 * 1024);
         let mut backend_buf = BytesMut::with_capacity(64 * 1024);

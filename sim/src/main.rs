@@ -1,0 +1,81 @@
+//! Simulation campaigns: `cargo run -p tessera-sim --release -- --seeds N
+//! --scenario S` runs N seeds (from `TESSERA_SIM_SEED`, or 1) and prints
+//! seeds per second, each failure with its replay command, and a summary.
+
+use std::time::Instant;
+
+use tessera_sim::{run, Scenario};
+
+fn main() {
+    let mut seeds = 100u64;
+    let mut scenarios: Vec<Scenario> = Scenario::ALL.to_vec();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--seeds" => seeds = args.next().and_then(|v| v.parse().ok()).unwrap_or(seeds),
+            "--scenario" => {
+                let name = args.next().unwrap_or_default();
+                match Scenario::parse(&name) {
+                    Some(s) => scenarios = vec![s],
+                    None if name == "all" => {}
+                    None => {
+                        eprintln!("unknown scenario `{name}`: calm, partition, db-crash, proxy-crash or all");
+                        std::process::exit(2);
+                    }
+                }
+            }
+            _ => {
+                eprintln!("usage: tessera-sim [--seeds N] [--scenario NAME|all]");
+                std::process::exit(2);
+            }
+        }
+    }
+    let first: u64 = std::env::var("TESSERA_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let mut failures = 0;
+    for scenario in scenarios {
+        let started = Instant::now();
+        let mut ops = 0;
+        let mut disturbed = 0;
+        for seed in first..first + seeds {
+            let report = run(scenario, seed);
+            ops += report.ops;
+            disturbed += report.disturbed;
+            if std::env::var_os("TESSERA_SIM_PRINT_FINGERPRINT").is_some() {
+                println!(
+                    "fingerprint {} seed {}: {:016x}",
+                    scenario.name(),
+                    seed,
+                    report.fingerprint
+                );
+            }
+            if !report.violations.is_empty() {
+                failures += 1;
+                println!(
+                    "FAIL {} seed {}: replay with `{}`",
+                    scenario.name(),
+                    seed,
+                    report.replay_command()
+                );
+                for v in report.violations.iter().take(5) {
+                    println!("    {v}");
+                }
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "{}: {} seeds, {} operations ({} failed or unknown), {:.1} seeds/s",
+            scenario.name(),
+            seeds,
+            ops,
+            disturbed,
+            seeds as f64 / secs
+        );
+    }
+    println!("{failures} failing runs");
+    if failures > 0 {
+        std::process::exit(1);
+    }
+}
