@@ -9,11 +9,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use mysql_common::auth::plugins::mysql_native_password::scramble_native;
 use mysql_common::constants::{CapabilityFlags, StatusFlags};
-use mysql_common::io::ParseBuf;
-use mysql_common::packets::{AuthPlugin, HandshakePacket, HandshakeResponse};
-use mysql_common::proto::MySerialize;
 use tessera_core::auth::{AuthMethod, PasswordHashes};
 use tessera_core::backend::{BackendMeta, ConnState, ResponseKind, ResponseScanner, Step};
 use tessera_core::config::User;
@@ -24,8 +20,7 @@ use tessera_core::{Output, Session, SessionContext};
 
 const POINT_SELECT: &str = "SELECT c FROM sbtest1 WHERE id=42";
 const MAX_ALLOWED_PACKET: usize = 64 << 20;
-const USER: &str = "bench";
-const PASSWORD: &str = "pw";
+use tessera_core::testing::{self, PASSWORD, USER};
 
 /// A `COM_QUERY` packet (sequence id 0) for `sql`.
 fn com_query(sql: &str) -> Vec<u8> {
@@ -217,27 +212,8 @@ fn setup_session() -> Fixture {
     // Greeting → nonce → HandshakeResponse with a native scramble.
     let greeting = client_only(drain(&mut session));
     assert_eq!(greeting.len(), 1);
-    let hs: HandshakePacket<'_> = ParseBuf(&greeting[0][4..])
-        .parse(())
-        .expect("greeting parses");
-    let mut nonce = hs.nonce();
-    nonce.truncate(20);
-    let scramble = scramble_native(&nonce, PASSWORD.as_bytes()).expect("non-empty password");
     let caps = client_capabilities();
-    let resp = HandshakeResponse::new(
-        Some(scramble.to_vec()),
-        (10, 11, 0),
-        Some(USER.as_bytes()),
-        None::<&[u8]>,
-        Some(AuthPlugin::MysqlNativePassword),
-        caps,
-        None,
-        1 << 24,
-    );
-    let mut payload = Vec::new();
-    resp.serialize(&mut payload);
-    let mut wire = BytesMut::new();
-    write_packet(&mut wire, 1, &payload);
+    let mut wire = BytesMut::from(&testing::handshake_response(&greeting[0], caps)[..]);
     session.handle_client_data(now, &mut wire);
     let login = client_only(drain(&mut session));
     assert_eq!(login.len(), 1);
