@@ -5,7 +5,13 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
 use crate::auth::{AuthMethod, PasswordHashes};
+use crate::router::Blacklist;
+use crate::shard::{self, DateUnit, KeyType, Schema, ShardFn, ShardedTable, SubTable};
+use crate::topology::{Backend, Role, Topology};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,7 +39,18 @@ pub struct Config {
     #[serde(default)]
     pub backend_read_timeout_ms: u64,
     pub users: Vec<UserConfig>,
-    pub node: NodeConfig,
+    /// A single node (shorthand for one entry in `nodes`).
+    #[serde(default)]
+    pub node: Option<NodeConfig>,
+    /// The nodes: each a primary and its replicas.
+    #[serde(default)]
+    pub nodes: Vec<NodeConfig>,
+    /// Where unsharded tables live, and which tables are sharded.
+    #[serde(default)]
+    pub schema: SchemaConfig,
+    /// Statements refused before they reach a backend.
+    #[serde(default)]
+    pub blacklist: BlacklistConfig,
     #[serde(default)]
     pub pool: PoolConfig,
     #[serde(default)]
@@ -62,13 +79,79 @@ pub struct NodeConfig {
     pub name: String,
     /// `host:port` of the primary, or the path of its Unix socket.
     pub primary: String,
-    /// `host:port` of each replica (reads go to the primary in this version).
+    /// `host:port[@weight]` (or a socket path) of each replica; reads are
+    /// spread over them by weight.
     #[serde(default)]
     pub replicas: Vec<String>,
+    /// Whether the primary takes reads too (with weight 1) when replicas exist.
+    #[serde(default)]
+    pub primary_reads: bool,
     /// Credentials Tessera uses to log in to the backends.
     pub user: String,
     #[serde(default)]
     pub password: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaConfig {
+    /// Node of unsharded tables and of statements the router cannot place;
+    /// the first node when unset.
+    #[serde(default)]
+    pub default_node: Option<String>,
+    /// Reference tables with a full copy on every node: joins with sharded
+    /// tables stay local, writes go to every node.
+    #[serde(default)]
+    pub broadcast: Vec<String>,
+    #[serde(default)]
+    pub tables: Vec<ShardedTableConfig>,
+}
+
+/// A logical table split into sub-tables spread over nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardedTableConfig {
+    /// Logical name the application uses.
+    pub name: String,
+    /// Shard-key column.
+    pub key: String,
+    /// `hash`, `range`, `year`, `month` or `day`.
+    pub function: String,
+    /// `int` (default) or `string`: how hash keys are read, so `'42'` and
+    /// `42` land on the same sub-table of an integer key.
+    #[serde(default = "default_key_type")]
+    pub key_type: String,
+    /// Nodes holding sub-tables, in order; every node when empty.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// Sub-tables per node (hash and range), e.g. `[4, 4]`.
+    #[serde(default)]
+    pub locations: Vec<usize>,
+    /// Keys per sub-table (range): sub-table `i` holds `[i*limit, (i+1)*limit)`.
+    #[serde(default)]
+    pub table_row_limit: Option<u64>,
+    /// Periods per node (year/month/day), e.g. `["2026-01..2026-06", "2026-07..2026-12"]`.
+    #[serde(default)]
+    pub date_ranges: Vec<String>,
+    /// Column Tessera fills from a global sequence when an INSERT leaves it out.
+    #[serde(default)]
+    pub sequence: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlacklistConfig {
+    /// Refuse UPDATE and DELETE without a WHERE clause.
+    #[serde(default)]
+    pub unfiltered_writes: bool,
+    /// Statements refused by shape: literals are ignored when matching, so
+    /// `DELETE FROM t WHERE id = 1` also refuses `delete from t where id=7`.
+    #[serde(default)]
+    pub patterns: Vec<String>,
+}
+
+fn default_key_type() -> String {
+    "int".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -216,7 +299,9 @@ pub struct Validated {
     pub listen: SocketAddr,
     pub allow: Vec<Cidr>,
     pub users: Vec<User>,
-    pub primary: String,
+    pub topology: Arc<Topology>,
+    pub schema: Arc<Schema>,
+    pub blacklist: Arc<Blacklist>,
 }
 
 impl Config {
@@ -303,13 +388,12 @@ impl Config {
                 method,
             });
         }
-        check_host_port("node.primary", &self.node.primary)?;
-        for (i, r) in self.node.replicas.iter().enumerate() {
-            check_host_port(&format!("node.replicas[{i}]"), r)?;
-        }
-        if self.node.user.is_empty() {
-            return Err(bad("node.user", "must not be empty"));
-        }
+        let topology = Arc::new(self.validate_nodes()?);
+        let schema = Arc::new(self.validate_schema(&topology)?);
+        let blacklist = Arc::new(
+            Blacklist::new(self.blacklist.unfiltered_writes, &self.blacklist.patterns)
+                .map_err(|(i, m)| bad(format!("blacklist.patterns[{i}]"), m))?,
+        );
         let p = &self.pool;
         if p.max_connections == 0 {
             return Err(bad("pool.max_connections", "must be at least 1"));
@@ -329,7 +413,259 @@ impl Config {
             listen,
             allow,
             users,
-            primary: self.node.primary.clone(),
+            topology,
+            schema,
+            blacklist,
+        })
+    }
+
+    /// The configured nodes, whichever form (`[node]` or `[[nodes]]`) was used.
+    pub fn node_list(&self) -> Vec<NodeConfig> {
+        self.node.iter().chain(&self.nodes).cloned().collect()
+    }
+
+    fn validate_nodes(&self) -> Result<Topology, ConfigError> {
+        if self.node.is_some() && !self.nodes.is_empty() {
+            return Err(bad("node", "use either [node] or [[nodes]], not both"));
+        }
+        let (list, prefix): (Vec<&NodeConfig>, &str) = match &self.node {
+            Some(n) => (vec![n], "node"),
+            None => (self.nodes.iter().collect(), "nodes"),
+        };
+        if list.is_empty() {
+            return Err(bad("nodes", "at least one node is needed"));
+        }
+        let mut names = HashSet::new();
+        let mut nodes = Vec::new();
+        for (i, n) in list.iter().enumerate() {
+            let key = |k: &str| {
+                if prefix == "node" {
+                    format!("node.{k}")
+                } else {
+                    format!("nodes[{i}].{k}")
+                }
+            };
+            if n.name.is_empty() {
+                return Err(bad(key("name"), "must not be empty"));
+            }
+            if !names.insert(n.name.to_ascii_lowercase()) {
+                return Err(bad(
+                    key("name"),
+                    format!("node `{}` is listed twice", n.name),
+                ));
+            }
+            check_host_port(&key("primary"), &n.primary)?;
+            if n.user.is_empty() {
+                return Err(bad(key("user"), "must not be empty"));
+            }
+            let backend = |addr: &str, weight: u32| Backend {
+                addr: addr.to_string(),
+                node: i,
+                role: Role::Replica,
+                weight,
+                user: n.user.clone(),
+                password: n.password.clone(),
+            };
+            let mut replicas = Vec::new();
+            for (j, r) in n.replicas.iter().enumerate() {
+                let k = key(&format!("replicas[{j}]"));
+                let (addr, weight) = match r.rsplit_once('@') {
+                    Some((a, w)) => (
+                        a,
+                        w.parse::<u32>().map_err(|_| {
+                            bad(&k, format!("weight `{w}` is not a whole number like @2"))
+                        })?,
+                    ),
+                    None => (r.as_str(), 1),
+                };
+                check_host_port(&k, addr)?;
+                replicas.push(backend(addr, weight));
+            }
+            nodes.push((
+                n.name.clone(),
+                backend(&n.primary, 0),
+                replicas,
+                n.primary_reads,
+            ));
+        }
+        let default_node = match &self.schema.default_node {
+            None => 0,
+            Some(name) => nodes
+                .iter()
+                .position(|(n, ..)| n.eq_ignore_ascii_case(name))
+                .ok_or_else(|| bad("schema.default_node", format!("no node is named `{name}`")))?,
+        };
+        Ok(Topology::new(nodes, default_node))
+    }
+
+    fn validate_schema(&self, topology: &Topology) -> Result<Schema, ConfigError> {
+        let mut tables = HashMap::new();
+        for (i, t) in self.schema.tables.iter().enumerate() {
+            let key = |k: &str| format!("schema.tables[{i}].{k}");
+            if t.name.is_empty() {
+                return Err(bad(key("name"), "must not be empty"));
+            }
+            if t.key.is_empty() {
+                return Err(bad(key("key"), "must name the shard-key column"));
+            }
+            let lname = t.name.to_ascii_lowercase();
+            if tables.contains_key(&lname) {
+                return Err(bad(
+                    key("name"),
+                    format!("table `{}` is listed twice", t.name),
+                ));
+            }
+            if self
+                .schema
+                .broadcast
+                .iter()
+                .any(|b| b.eq_ignore_ascii_case(&t.name))
+            {
+                return Err(bad(
+                    key("name"),
+                    format!("`{}` is also a broadcast table", t.name),
+                ));
+            }
+            let nodes: Vec<usize> = if t.nodes.is_empty() {
+                (0..topology.nodes.len()).collect()
+            } else {
+                let mut v = Vec::new();
+                for (j, n) in t.nodes.iter().enumerate() {
+                    let idx = topology.node_index(n).ok_or_else(|| {
+                        bad(
+                            key(&format!("nodes[{j}]")),
+                            format!("no node is named `{n}`"),
+                        )
+                    })?;
+                    if v.contains(&idx) {
+                        return Err(bad(key(&format!("nodes[{j}]")), "node listed twice"));
+                    }
+                    v.push(idx);
+                }
+                v
+            };
+            let date_unit = match t.function.as_str() {
+                "year" => Some(DateUnit::Year),
+                "month" => Some(DateUnit::Month),
+                "day" => Some(DateUnit::Day),
+                "hash" | "range" => None,
+                other => {
+                    return Err(bad(
+                        key("function"),
+                        format!("`{other}` is not hash, range, year, month or day"),
+                    ))
+                }
+            };
+            let mut sub_tables = Vec::new();
+            let function = if let Some(unit) = date_unit {
+                if t.date_ranges.len() != nodes.len() {
+                    return Err(bad(
+                        key("date_ranges"),
+                        format!("needs one period range per node ({} nodes)", nodes.len()),
+                    ));
+                }
+                let mut periods = BTreeMap::new();
+                let mut last_end: Option<u32> = None;
+                for (j, r) in t.date_ranges.iter().enumerate() {
+                    let k = key(&format!("date_ranges[{j}]"));
+                    let example = match unit {
+                        DateUnit::Year => "2025..2026",
+                        DateUnit::Month => "2026-01..2026-06",
+                        DateUnit::Day => "2026-11-01..2026-11-30",
+                    };
+                    let (a, b) = r
+                        .split_once("..")
+                        .and_then(|(a, b)| {
+                            Some((shard::parse_period(a, unit)?, shard::parse_period(b, unit)?))
+                        })
+                        .ok_or_else(|| bad(&k, format!("`{r}` is not a range like {example}")))?;
+                    if b < a {
+                        return Err(bad(&k, format!("`{r}` ends before it starts")));
+                    }
+                    let ps = shard::periods_between(a, b, unit);
+                    if let Some(end) = last_end {
+                        let next = shard::periods_between(end, u32::MAX, unit);
+                        if a <= end {
+                            return Err(bad(&k, format!("`{r}` overlaps the range before it")));
+                        }
+                        if next.get(1) != Some(&a) {
+                            return Err(bad(
+                                &k,
+                                format!("`{r}` leaves a gap after the range before it"),
+                            ));
+                        }
+                    }
+                    last_end = ps.last().copied();
+                    for p in ps {
+                        periods.insert(p, sub_tables.len());
+                        sub_tables.push(SubTable {
+                            name: format!("{}_{p}", t.name),
+                            node: nodes[j],
+                        });
+                    }
+                }
+                ShardFn::Date { unit, periods }
+            } else {
+                if t.locations.len() != nodes.len() {
+                    return Err(bad(
+                        key("locations"),
+                        format!("needs one sub-table count per node ({} nodes)", nodes.len()),
+                    ));
+                }
+                if t.locations.iter().sum::<usize>() == 0 {
+                    return Err(bad(key("locations"), "needs at least one sub-table"));
+                }
+                for (j, &count) in t.locations.iter().enumerate() {
+                    for _ in 0..count {
+                        let idx = sub_tables.len();
+                        sub_tables.push(SubTable {
+                            name: format!("{}_{idx:04}", t.name),
+                            node: nodes[j],
+                        });
+                    }
+                }
+                if t.function == "range" {
+                    let limit = t.table_row_limit.filter(|l| *l > 0).ok_or_else(|| {
+                        bad(
+                            key("table_row_limit"),
+                            "range sharding needs a limit above 0",
+                        )
+                    })?;
+                    ShardFn::Range { limit }
+                } else {
+                    let kt = match t.key_type.as_str() {
+                        "int" => KeyType::Int,
+                        "string" => KeyType::Str,
+                        other => {
+                            return Err(bad(
+                                key("key_type"),
+                                format!("`{other}` is not int or string"),
+                            ))
+                        }
+                    };
+                    ShardFn::Hash(kt)
+                }
+            };
+            tables.insert(
+                lname,
+                Arc::new(ShardedTable {
+                    name: t.name.clone(),
+                    key: t.key.to_ascii_lowercase(),
+                    function,
+                    sub_tables,
+                    sequence: t.sequence.as_ref().map(|s| s.to_ascii_lowercase()),
+                }),
+            );
+        }
+        Ok(Schema {
+            tables,
+            broadcast: self
+                .schema
+                .broadcast
+                .iter()
+                .map(|b| b.to_ascii_lowercase())
+                .collect(),
+            default_node: topology.default_node,
         })
     }
 }
@@ -384,11 +720,84 @@ user = "root"
         c.allow = vec!["10.0.0.0/40".into()];
         assert_eq!(c.validate().unwrap_err().key, "allow[0]");
         let mut c = Config::from_toml(MINIMAL).unwrap();
-        c.node.primary = "nohost".into();
+        c.node.as_mut().unwrap().primary = "nohost".into();
         assert_eq!(c.validate().unwrap_err().key, "node.primary");
         let mut c = Config::from_toml(MINIMAL).unwrap();
         c.users[0].password_native = "abc".into();
         assert_eq!(c.validate().unwrap_err().key, "users[0]");
+    }
+
+    const SHARDED: &str = r#"
+listen = "127.0.0.1:3307"
+[[users]]
+name = "app"
+password_native = "*14E65567ABDB5135D0CFD9A70B3032C179A49EE7"
+[[nodes]]
+name = "node1"
+primary = "127.0.0.1:3306"
+replicas = ["127.0.0.1:3308@2", "127.0.0.1:3309@3"]
+user = "root"
+[[nodes]]
+name = "node2"
+primary = "127.0.0.1:3316"
+user = "root"
+[schema]
+default_node = "node1"
+broadcast = ["countries"]
+[[schema.tables]]
+name = "stu"
+key = "id"
+function = "hash"
+locations = [4, 4]
+[[schema.tables]]
+name = "log"
+key = "ts"
+function = "month"
+date_ranges = ["2026-01..2026-06", "2026-07..2026-12"]
+"#;
+
+    #[test]
+    fn sharded_config_validates() {
+        let v = Config::from_toml(SHARDED).unwrap().validate().unwrap();
+        assert_eq!(v.topology.nodes.len(), 2);
+        assert_eq!(v.topology.backends.len(), 4);
+        let stu = v.schema.sharded("stu").unwrap();
+        assert_eq!(stu.sub_tables[4].name, "stu_0004");
+        assert_eq!(stu.sub_tables[4].node, 1);
+        let log = v.schema.sharded("LOG").unwrap();
+        assert_eq!(log.sub_tables.len(), 12);
+        assert_eq!(log.sub_tables[6].name, "log_202607");
+        assert!(v.schema.is_broadcast("Countries"));
+    }
+
+    #[test]
+    fn sharding_mistakes_name_their_key() {
+        let check = |from: &str, to: &str, key: &str| {
+            let c = Config::from_toml(&SHARDED.replace(from, to)).unwrap();
+            assert_eq!(c.validate().unwrap_err().key, key, "{from} -> {to}");
+        };
+        check(
+            "locations = [4, 4]",
+            "locations = [4]",
+            "schema.tables[0].locations",
+        );
+        check("\"hash\"", "\"modulo\"", "schema.tables[0].function");
+        check(
+            "2026-07..2026-12",
+            "2026-06..2026-12",
+            "schema.tables[1].date_ranges[1]",
+        );
+        check(
+            "2026-07..2026-12",
+            "2026-08..2026-12",
+            "schema.tables[1].date_ranges[1]",
+        );
+        check("3309@3", "3309@x", "nodes[0].replicas[1]");
+        check(
+            "default_node = \"node1\"",
+            "default_node = \"node9\"",
+            "schema.default_node",
+        );
     }
 
     #[test]

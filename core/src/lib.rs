@@ -5,9 +5,13 @@
 pub mod auth;
 pub mod backend;
 pub mod config;
+pub mod merge;
 pub mod protocol;
+pub mod router;
 pub mod session;
+pub mod shard;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod topology;
 
 pub use session::{Output, Session, SessionContext, StatementRecord};

@@ -79,11 +79,14 @@ pub async fn build_shared_seeded<C: Connector>(
         None => rand::rngs::StdRng::from_entropy(),
     };
     let v = config.validate()?;
+    let primary = v
+        .topology
+        .backend(v.topology.primary(v.topology.default_node));
     let pool = Pool::new(
         connector,
-        &config.node.primary,
-        &config.node.user,
-        &config.node.password,
+        &primary.addr,
+        &primary.user,
+        &primary.password,
         config.pool.clone(),
     );
     let server_version = match &config.server_version {

@@ -184,7 +184,7 @@ async fn chained_tessera_exercises_backend_auth_switch_and_sha2() {
     // offers native, switches A to caching_sha2, and asks for full
     // authentication (RSA) the first time, the fast path afterwards.
     let mut cfg = common::config_for(&b.to_string(), "");
-    cfg.node.user = "sha2user".into();
+    cfg.node.as_mut().expect("one node").user = "sha2user".into();
     let a = proxy::start(&cfg).await.unwrap();
     for _ in 0..2 {
         let mut c = mysql_async::Conn::new(opts(a.addr.port(), USER, PASSWORD))

@@ -1,0 +1,1011 @@
+//! Scatter-gather: collects the text result sets of the shards of one
+//! statement and merges them into the one result MariaDB would have given
+//! for the unsharded table: ORDER BY, LIMIT/OFFSET, COUNT/SUM/MIN/MAX/AVG,
+//! GROUP BY, DISTINCT and HAVING, with exact DECIMAL arithmetic and the
+//! column metadata of the shards' own answers.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use bytes::{Bytes, BytesMut};
+use mysql_common::collations::{Collation, CollationId};
+use mysql_common::constants::{ColumnType, StatusFlags};
+use mysql_common::io::ParseBuf;
+use mysql_common::packets::Column;
+use mysql_common::proto::MyDeserialize;
+
+use crate::protocol::{self, ErrInfo, FrameError, FrameReader};
+
+/// How one merged column is combined across shards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Agg {
+    Count,
+    Sum,
+    Min,
+    Max,
+    /// AVG recomputed from hidden SUM and COUNT columns of the same argument.
+    Avg {
+        sum: usize,
+        count: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+/// A HAVING condition evaluated on merged groups.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Having {
+    Cmp(Operand, CmpOp, Operand),
+    And(Box<Having>, Box<Having>),
+    Or(Box<Having>, Box<Having>),
+    Not(Box<Having>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operand {
+    Column(usize),
+    Number(String),
+    Str(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SortKey {
+    /// Column index in the shard result (visible or hidden).
+    pub column: usize,
+    pub desc: bool,
+}
+
+/// What the router decided about merging a scatter SELECT.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MergeSpec {
+    /// Columns put in front of the shard query's select list for sorting,
+    /// grouping, AVG or HAVING; stripped before the client sees the rows.
+    pub hidden: usize,
+    /// Aggregated columns (shard-result index → how to combine).
+    pub aggregates: Vec<(usize, Agg)>,
+    /// The query aggregates (GROUP BY or aggregate functions): rows with
+    /// equal `group_by` values become one.
+    pub grouped: bool,
+    pub group_by: Vec<usize>,
+    pub having: Option<Having>,
+    pub distinct: bool,
+    pub order_by: Vec<SortKey>,
+    pub offset: u64,
+    pub limit: Option<u64>,
+    /// Physical → logical table names for the column metadata.
+    pub table_names: Vec<(String, String)>,
+}
+
+/// Why a merge could not produce an answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MergeError {
+    #[error("shard results differ in shape ({0})")]
+    Shape(String),
+    #[error("a merged value is out of range: {0}")]
+    Overflow(String),
+    #[error("the shard results exceed the merge limit of {0} bytes; add a LIMIT or a shard-key condition")]
+    TooLarge(usize),
+    #[error("malformed shard result: {0}")]
+    Malformed(String),
+}
+
+/// One shard's complete answer to a text query.
+#[derive(Debug, Clone, Default)]
+pub struct ShardResult {
+    pub columns: Vec<Column>,
+    pub rows: Vec<Vec<Option<Bytes>>>,
+    /// Set when the answer was an OK packet (no result set).
+    pub ok: Option<protocol::OkSummary>,
+    pub err: Option<ErrInfo>,
+    pub warnings: u16,
+    pub status: StatusFlags,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CollectPhase {
+    First,
+    Columns(u64),
+    ColumnsEof,
+    Rows,
+    Done,
+}
+
+/// Reads one shard's answer whole (the shard query is a single statement).
+#[derive(Debug)]
+pub struct Collector {
+    frames: FrameReader,
+    phase: CollectPhase,
+    deprecate_eof: bool,
+    result: ShardResult,
+    bytes: usize,
+    limit: usize,
+}
+
+impl Collector {
+    pub fn new(deprecate_eof: bool, limit: usize) -> Self {
+        Self {
+            frames: FrameReader::new(1 << 30),
+            phase: CollectPhase::First,
+            deprecate_eof,
+            result: ShardResult::default(),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.phase == CollectPhase::Done
+    }
+
+    pub fn take(self) -> ShardResult {
+        self.result
+    }
+
+    /// Consumes what it can of `buf`; `Ok(true)` once the answer is complete.
+    pub fn feed(&mut self, buf: &mut BytesMut) -> Result<bool, MergeError> {
+        while self.phase != CollectPhase::Done {
+            let pkt = match self.frames.next_packet(buf) {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(false),
+                Err(FrameError::TooLarge { max }) => return Err(MergeError::TooLarge(max)),
+                Err(e) => return Err(MergeError::Malformed(format!("{e:?}"))),
+            };
+            let p = &pkt.payload[..];
+            self.bytes += p.len();
+            if self.bytes > self.limit {
+                return Err(MergeError::TooLarge(self.limit));
+            }
+            match self.phase {
+                CollectPhase::First => match p.first() {
+                    Some(0x00) => {
+                        let ok = protocol::parse_ok(p)
+                            .ok_or_else(|| MergeError::Malformed("bad OK packet".into()))?;
+                        self.result.warnings = ok.warnings;
+                        self.result.status = ok.status;
+                        self.result.ok = Some(ok);
+                        self.phase = CollectPhase::Done;
+                    }
+                    Some(0xff) => {
+                        self.result.err = protocol::parse_err(p);
+                        self.phase = CollectPhase::Done;
+                    }
+                    Some(0xfb) => {
+                        return Err(MergeError::Malformed(
+                            "LOAD DATA LOCAL is not possible in a scatter query".into(),
+                        ))
+                    }
+                    _ => {
+                        let mut b = p;
+                        let n = protocol::read_lenenc_int(&mut b)
+                            .ok_or_else(|| MergeError::Malformed("bad column count".into()))?;
+                        self.phase = CollectPhase::Columns(n);
+                    }
+                },
+                CollectPhase::Columns(left) => {
+                    let col = Column::deserialize((), &mut ParseBuf(p))
+                        .map_err(|e| MergeError::Malformed(format!("column definition: {e}")))?;
+                    self.result.columns.push(col);
+                    self.phase = match (left - 1, self.deprecate_eof) {
+                        (0, true) => CollectPhase::Rows,
+                        (0, false) => CollectPhase::ColumnsEof,
+                        (n, _) => CollectPhase::Columns(n),
+                    };
+                }
+                CollectPhase::ColumnsEof => self.phase = CollectPhase::Rows,
+                CollectPhase::Rows => {
+                    let is_end = p.first() == Some(&0xfe)
+                        && if self.deprecate_eof {
+                            p.len() < protocol::MAX_CHUNK
+                        } else {
+                            p.len() < 9
+                        };
+                    if is_end {
+                        if self.deprecate_eof {
+                            if let Some(ok) = protocol::parse_ok(p) {
+                                self.result.warnings = ok.warnings;
+                                self.result.status = ok.status;
+                            }
+                        } else if p.len() >= 5 {
+                            self.result.warnings = u16::from_le_bytes([p[1], p[2]]);
+                            self.result.status =
+                                StatusFlags::from_bits_truncate(u16::from_le_bytes([p[3], p[4]]));
+                        }
+                        self.phase = CollectPhase::Done;
+                    } else if p.first() == Some(&0xff) {
+                        self.result.err = protocol::parse_err(p);
+                        self.phase = CollectPhase::Done;
+                    } else {
+                        let row = parse_text_row(&pkt.payload, self.result.columns.len())?;
+                        self.result.rows.push(row);
+                    }
+                }
+                CollectPhase::Done => {}
+            }
+        }
+        Ok(true)
+    }
+}
+
+fn parse_text_row(payload: &Bytes, columns: usize) -> Result<Vec<Option<Bytes>>, MergeError> {
+    let mut row = Vec::with_capacity(columns);
+    let mut at = 0usize;
+    for _ in 0..columns {
+        if payload.get(at) == Some(&0xfb) {
+            row.push(None);
+            at += 1;
+            continue;
+        }
+        let mut b = &payload[at..];
+        let before = b.len();
+        let v = protocol::read_lenenc_str(&mut b)
+            .ok_or_else(|| MergeError::Malformed("truncated row".into()))?;
+        let start = at + (before - b.len()) - v.len();
+        row.push(Some(payload.slice(start..start + v.len())));
+        at += before - b.len();
+    }
+    Ok(row)
+}
+
+// ------------------------------------------------------------------ values
+
+/// How values of a column compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Int,
+    Decimal,
+    Float,
+    Time,
+    Bytes,
+    /// Case-insensitive text (a `_ci` collation).
+    Folded,
+}
+
+fn kind_of(c: &Column) -> Kind {
+    use ColumnType::*;
+    match c.column_type() {
+        MYSQL_TYPE_TINY | MYSQL_TYPE_SHORT | MYSQL_TYPE_LONG | MYSQL_TYPE_LONGLONG
+        | MYSQL_TYPE_INT24 | MYSQL_TYPE_YEAR | MYSQL_TYPE_BIT => Kind::Int,
+        MYSQL_TYPE_DECIMAL | MYSQL_TYPE_NEWDECIMAL => Kind::Decimal,
+        MYSQL_TYPE_FLOAT | MYSQL_TYPE_DOUBLE => Kind::Float,
+        MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 => Kind::Time,
+        MYSQL_TYPE_DATE
+        | MYSQL_TYPE_DATETIME
+        | MYSQL_TYPE_TIMESTAMP
+        | MYSQL_TYPE_NEWDATE
+        | MYSQL_TYPE_DATETIME2
+        | MYSQL_TYPE_TIMESTAMP2 => Kind::Bytes,
+        _ => {
+            let coll = Collation::from(CollationId::from(c.character_set()));
+            if c.character_set() == 63 || coll.collation().ends_with("_bin") {
+                Kind::Bytes
+            } else {
+                Kind::Folded
+            }
+        }
+    }
+}
+
+/// An exact decimal: `mant / 10^scale`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dec {
+    mant: i128,
+    scale: u32,
+}
+
+impl Dec {
+    pub fn parse(s: &[u8]) -> Option<Dec> {
+        let s = std::str::from_utf8(s).ok()?.trim();
+        let (neg, digits) = match s.strip_prefix('-') {
+            Some(r) => (true, r),
+            None => (false, s.strip_prefix('+').unwrap_or(s)),
+        };
+        let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+        if int.is_empty() && frac.is_empty() {
+            return None;
+        }
+        let mut mant: i128 = 0;
+        for c in int.bytes().chain(frac.bytes()) {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            mant = mant.checked_mul(10)?.checked_add(i128::from(c - b'0'))?;
+        }
+        Some(Dec {
+            mant: if neg { -mant } else { mant },
+            scale: frac.len() as u32,
+        })
+    }
+
+    fn rescale(self, scale: u32) -> Option<Dec> {
+        if scale >= self.scale {
+            Some(Dec {
+                mant: self
+                    .mant
+                    .checked_mul(10i128.checked_pow(scale - self.scale)?)?,
+                scale,
+            })
+        } else {
+            let div = 10i128.checked_pow(self.scale - scale)?;
+            let q = self.mant / div;
+            let r = self.mant % div;
+            let round = if r.abs() * 2 >= div { r.signum() } else { 0 };
+            Some(Dec {
+                mant: q + round,
+                scale,
+            })
+        }
+    }
+
+    pub fn checked_add(self, o: Dec) -> Option<Dec> {
+        let s = self.scale.max(o.scale);
+        let (a, b) = (self.rescale(s)?, o.rescale(s)?);
+        Some(Dec {
+            mant: a.mant.checked_add(b.mant)?,
+            scale: s,
+        })
+    }
+
+    /// `self / n` rounded half away from zero to `scale` digits.
+    pub fn div_int(self, n: i128, scale: u32) -> Option<Dec> {
+        if n == 0 {
+            return None;
+        }
+        let wide = self.rescale(scale + 1)?;
+        let q = wide.mant / n;
+        Dec {
+            mant: q,
+            scale: scale + 1,
+        }
+        .rescale(scale)
+    }
+
+    pub fn to_text(self) -> String {
+        let neg = self.mant < 0;
+        let digits = self.mant.unsigned_abs().to_string();
+        let scale = self.scale as usize;
+        let mut out = String::new();
+        if neg {
+            out.push('-');
+        }
+        if scale == 0 {
+            out.push_str(&digits);
+        } else if digits.len() > scale {
+            out.push_str(&digits[..digits.len() - scale]);
+            out.push('.');
+            out.push_str(&digits[digits.len() - scale..]);
+        } else {
+            out.push_str("0.");
+            out.push_str(&"0".repeat(scale - digits.len()));
+            out.push_str(&digits);
+        }
+        out
+    }
+
+    fn cmp(self, o: Dec) -> Ordering {
+        let s = self.scale.max(o.scale);
+        match (self.rescale(s), o.rescale(s)) {
+            (Some(a), Some(b)) => a.mant.cmp(&b.mant),
+            _ => self.to_f64().total_cmp(&o.to_f64()),
+        }
+    }
+
+    fn to_f64(self) -> f64 {
+        self.mant as f64 / 10f64.powi(self.scale as i32)
+    }
+}
+
+fn time_micros(v: &[u8]) -> Option<i128> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (neg, s) = match s.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, s),
+    };
+    let (hms, frac) = s.split_once('.').unwrap_or((s, ""));
+    let mut parts = hms.split(':');
+    let h: i128 = parts.next()?.parse().ok()?;
+    let m: i128 = parts.next()?.parse().ok()?;
+    let sec: i128 = parts.next()?.parse().ok()?;
+    let mut us: i128 = 0;
+    for (i, c) in frac.bytes().take(6).enumerate() {
+        us += i128::from(c.checked_sub(b'0')?) * 10i128.pow(5 - i as u32);
+    }
+    let t = ((h * 60 + m) * 60 + sec) * 1_000_000 + us;
+    Some(if neg { -t } else { t })
+}
+
+fn compare_values(kind: Kind, a: Option<&[u8]>, b: Option<&[u8]>) -> Ordering {
+    let (a, b) = match (a, b) {
+        (None, None) => return Ordering::Equal,
+        (None, Some(_)) => return Ordering::Less,
+        (Some(_), None) => return Ordering::Greater,
+        (Some(a), Some(b)) => (a, b),
+    };
+    match kind {
+        Kind::Int | Kind::Decimal => match (Dec::parse(a), Dec::parse(b)) {
+            (Some(x), Some(y)) => x.cmp(y),
+            _ => a.cmp(b),
+        },
+        Kind::Float => {
+            let x = std::str::from_utf8(a)
+                .ok()
+                .and_then(|s| s.parse::<f64>().ok());
+            let y = std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.parse::<f64>().ok());
+            match (x, y) {
+                (Some(x), Some(y)) => x.total_cmp(&y),
+                _ => a.cmp(b),
+            }
+        }
+        Kind::Time => match (time_micros(a), time_micros(b)) {
+            (Some(x), Some(y)) => x.cmp(&y),
+            _ => a.cmp(b),
+        },
+        Kind::Bytes => trim_spaces(a).cmp(trim_spaces(b)),
+        Kind::Folded => fold(a).cmp(&fold(b)),
+    }
+}
+
+fn trim_spaces(v: &[u8]) -> &[u8] {
+    let end = v.iter().rposition(|&c| c != b' ').map_or(0, |p| p + 1);
+    &v[..end]
+}
+
+fn fold(v: &[u8]) -> String {
+    String::from_utf8_lossy(trim_spaces(v)).to_lowercase()
+}
+
+/// A key under which equal values (by the column's collation) group together.
+fn group_key(kind: Kind, v: Option<&[u8]>) -> Vec<u8> {
+    match v {
+        None => vec![0],
+        Some(v) => {
+            let mut k = vec![1];
+            match kind {
+                Kind::Folded => k.extend_from_slice(fold(v).as_bytes()),
+                Kind::Int | Kind::Decimal => match Dec::parse(v) {
+                    Some(d) => k.extend_from_slice(
+                        d.rescale(30)
+                            .map_or(v.to_vec(), |d| d.mant.to_string().into_bytes())
+                            .as_slice(),
+                    ),
+                    None => k.extend_from_slice(v),
+                },
+                Kind::Bytes => k.extend_from_slice(trim_spaces(v)),
+                _ => k.extend_from_slice(v),
+            }
+            k
+        }
+    }
+}
+
+// ------------------------------------------------------------------ merging
+
+type Row = Vec<Option<Bytes>>;
+
+/// Merges the shards' answers into rows for the client. Errors from a shard
+/// are returned first, as the client would have seen them.
+pub fn merge(spec: &MergeSpec, results: Vec<ShardResult>) -> Result<Merged, MergeError> {
+    let mut columns: Option<Vec<Column>> = None;
+    let mut rows: Vec<Row> = Vec::new();
+    let mut warnings: u32 = 0;
+    for r in results {
+        warnings += u32::from(r.warnings);
+        if r.ok.is_some() {
+            return Err(MergeError::Shape(
+                "a shard answered with OK, not rows".into(),
+            ));
+        }
+        match &columns {
+            None => columns = Some(r.columns),
+            Some(c) if c.len() != r.columns.len() => {
+                return Err(MergeError::Shape(format!(
+                    "{} columns against {}",
+                    c.len(),
+                    r.columns.len()
+                )))
+            }
+            Some(_) => {}
+        }
+        rows.extend(r.rows);
+    }
+    let columns = columns.unwrap_or_default();
+    let total = columns.len();
+    if spec.hidden > total {
+        return Err(MergeError::Shape(
+            "fewer columns than the plan needs".into(),
+        ));
+    }
+    let kinds: Vec<Kind> = columns.iter().map(kind_of).collect();
+
+    if spec.grouped {
+        rows = group(spec, &columns, &kinds, rows)?;
+    }
+    if spec.distinct {
+        let mut seen = std::collections::HashSet::new();
+        rows.retain(|r| {
+            let key: Vec<Vec<u8>> = (spec.hidden..total)
+                .map(|i| group_key(kinds[i], r[i].as_deref()))
+                .collect();
+            seen.insert(key)
+        });
+    }
+    if !spec.order_by.is_empty() {
+        rows.sort_by(|a, b| {
+            for k in &spec.order_by {
+                let o = compare_values(
+                    kinds[k.column],
+                    a[k.column].as_deref(),
+                    b[k.column].as_deref(),
+                );
+                let o = if k.desc { o.reverse() } else { o };
+                if o != Ordering::Equal {
+                    return o;
+                }
+            }
+            Ordering::Equal
+        });
+    }
+    let offset = (spec.offset as usize).min(rows.len());
+    rows.drain(..offset);
+    if let Some(limit) = spec.limit {
+        rows.truncate(limit as usize);
+    }
+    for r in rows.iter_mut() {
+        r.drain(..spec.hidden);
+    }
+    let mut columns = columns;
+    columns.drain(..spec.hidden);
+    let columns = columns
+        .into_iter()
+        .map(|c| rename_tables(c, &spec.table_names))
+        .collect();
+    Ok(Merged {
+        columns,
+        rows,
+        warnings: warnings.min(u32::from(u16::MAX)) as u16,
+    })
+}
+
+fn rename_tables(c: Column, names: &[(String, String)]) -> Column {
+    let rename = |t: &[u8]| -> Option<Vec<u8>> {
+        names
+            .iter()
+            .find(|(phys, _)| phys.as_bytes() == t)
+            .map(|(_, logical)| logical.as_bytes().to_vec())
+    };
+    let table = rename(c.table_ref());
+    let org_table = rename(c.org_table_ref());
+    let mut c = c;
+    if let Some(t) = table {
+        c = c.with_table(&t);
+    }
+    if let Some(t) = org_table {
+        c = c.with_org_table(&t);
+    }
+    c
+}
+
+fn group(
+    spec: &MergeSpec,
+    columns: &[Column],
+    kinds: &[Kind],
+    rows: Vec<Row>,
+) -> Result<Vec<Row>, MergeError> {
+    let agg_of: BTreeMap<usize, &Agg> = spec.aggregates.iter().map(|(i, a)| (*i, a)).collect();
+    let mut groups: BTreeMap<Vec<Vec<u8>>, Row> = BTreeMap::new();
+    for row in rows {
+        let key: Vec<Vec<u8>> = spec
+            .group_by
+            .iter()
+            .map(|&i| group_key(kinds[i], row[i].as_deref()))
+            .collect();
+        match groups.get_mut(&key) {
+            None => {
+                groups.insert(key, row);
+            }
+            Some(acc) => {
+                for (&i, agg) in &agg_of {
+                    acc[i] = combine(agg, kinds[i], acc[i].take(), row[i].clone())?;
+                }
+                // AVG inputs are hidden SUM and COUNT columns: combine them too.
+                for agg in agg_of.values() {
+                    if let Agg::Avg { sum, count } = agg {
+                        if !agg_of.contains_key(sum) {
+                            acc[*sum] = combine(
+                                &Agg::Sum,
+                                kinds[*sum],
+                                acc[*sum].take(),
+                                row[*sum].clone(),
+                            )?;
+                        }
+                        if !agg_of.contains_key(count) {
+                            acc[*count] = combine(
+                                &Agg::Count,
+                                kinds[*count],
+                                acc[*count].take(),
+                                row[*count].clone(),
+                            )?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut out: Vec<Row> = groups.into_values().collect();
+    // An aggregate without GROUP BY over no rows at all still answers one
+    // row; every shard sent one, so `out` has it unless there were no shards.
+    for row in out.iter_mut() {
+        for (&i, agg) in &agg_of {
+            if let Agg::Avg { sum, count } = agg {
+                row[i] = average(&columns[i], row[*sum].as_deref(), row[*count].as_deref())?;
+            }
+        }
+    }
+    if let Some(h) = &spec.having {
+        out.retain(|r| eval_having(h, r, kinds) == Some(true));
+    }
+    Ok(out)
+}
+
+fn combine(
+    agg: &Agg,
+    kind: Kind,
+    acc: Option<Bytes>,
+    v: Option<Bytes>,
+) -> Result<Option<Bytes>, MergeError> {
+    Ok(match agg {
+        Agg::Count | Agg::Sum => match (acc, v) {
+            (None, x) | (x, None) => x,
+            (Some(a), Some(b)) => {
+                if kind == Kind::Float {
+                    let x: f64 = parse_f64(&a);
+                    let y: f64 = parse_f64(&b);
+                    Some(Bytes::from(format_double(x + y)))
+                } else {
+                    let (x, y) = (
+                        Dec::parse(&a).ok_or_else(|| MergeError::Malformed("bad number".into()))?,
+                        Dec::parse(&b).ok_or_else(|| MergeError::Malformed("bad number".into()))?,
+                    );
+                    let s = x
+                        .checked_add(y)
+                        .ok_or_else(|| MergeError::Overflow("SUM exceeds 38 digits".into()))?;
+                    Some(Bytes::from(s.to_text()))
+                }
+            }
+        },
+        Agg::Min | Agg::Max => match (acc, v) {
+            (None, x) | (x, None) => x,
+            (Some(a), Some(b)) => {
+                let o = compare_values(kind, Some(&a), Some(&b));
+                let take_b = if *agg == Agg::Min {
+                    o == Ordering::Greater
+                } else {
+                    o == Ordering::Less
+                };
+                Some(if take_b { b } else { a })
+            }
+        },
+        // Recomputed once the group is complete.
+        Agg::Avg { .. } => acc,
+    })
+}
+
+fn parse_f64(b: &[u8]) -> f64 {
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A double as MariaDB prints it (shortest round-trip form, `%g` exponents).
+fn format_double(v: f64) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
+    let a = v.abs();
+    if !(1e-4..1e15).contains(&a) {
+        let s = format!("{v:e}");
+        return match s.split_once('e') {
+            Some((m, e)) if !e.starts_with('-') => format!("{m}e{e}"),
+            _ => s,
+        };
+    }
+    format!("{v}")
+}
+
+fn average(
+    col: &Column,
+    sum: Option<&[u8]>,
+    count: Option<&[u8]>,
+) -> Result<Option<Bytes>, MergeError> {
+    let (Some(sum), Some(count)) = (sum, count) else {
+        return Ok(None);
+    };
+    let n = Dec::parse(count).map(|d| d.mant).unwrap_or(0);
+    if n == 0 {
+        return Ok(None);
+    }
+    if kind_of(col) == Kind::Float {
+        return Ok(Some(Bytes::from(format_double(parse_f64(sum) / n as f64))));
+    }
+    let s = Dec::parse(sum).ok_or_else(|| MergeError::Malformed("bad SUM".into()))?;
+    let avg = s
+        .div_int(n, u32::from(col.decimals()))
+        .ok_or_else(|| MergeError::Overflow("AVG".into()))?;
+    Ok(Some(Bytes::from(avg.to_text())))
+}
+
+fn eval_having(h: &Having, row: &Row, kinds: &[Kind]) -> Option<bool> {
+    match h {
+        Having::And(a, b) => Some(eval_having(a, row, kinds)? && eval_having(b, row, kinds)?),
+        Having::Or(a, b) => {
+            let (x, y) = (eval_having(a, row, kinds), eval_having(b, row, kinds));
+            match (x, y) {
+                (Some(true), _) | (_, Some(true)) => Some(true),
+                (Some(false), Some(false)) => Some(false),
+                _ => None,
+            }
+        }
+        Having::Not(a) => eval_having(a, row, kinds).map(|v| !v),
+        Having::Cmp(l, op, r) => {
+            let value = |o: &Operand| -> Option<(Vec<u8>, Kind)> {
+                match o {
+                    Operand::Column(i) => Some((row.get(*i)?.as_ref()?.to_vec(), kinds[*i])),
+                    Operand::Number(n) => Some((n.as_bytes().to_vec(), Kind::Decimal)),
+                    Operand::Str(s) => Some((s.as_bytes().to_vec(), Kind::Folded)),
+                }
+            };
+            let (a, ka) = value(l)?;
+            let (b, kb) = value(r)?;
+            let numeric = |k: Kind| matches!(k, Kind::Int | Kind::Decimal | Kind::Float);
+            let o = if numeric(ka) && numeric(kb) {
+                match (Dec::parse(&a), Dec::parse(&b)) {
+                    (Some(x), Some(y)) => x.cmp(y),
+                    _ => parse_f64(&a).total_cmp(&parse_f64(&b)),
+                }
+            } else {
+                let k = if ka == Kind::Bytes || kb == Kind::Bytes {
+                    Kind::Bytes
+                } else {
+                    Kind::Folded
+                };
+                compare_values(k, Some(&a), Some(&b))
+            };
+            Some(match op {
+                CmpOp::Eq => o == Ordering::Equal,
+                CmpOp::Ne => o != Ordering::Equal,
+                CmpOp::Lt => o == Ordering::Less,
+                CmpOp::Le => o != Ordering::Greater,
+                CmpOp::Gt => o == Ordering::Greater,
+                CmpOp::Ge => o != Ordering::Less,
+            })
+        }
+    }
+}
+
+/// The merged answer, ready to encode.
+#[derive(Debug, Clone)]
+pub struct Merged {
+    pub columns: Vec<Column>,
+    pub rows: Vec<Row>,
+    pub warnings: u16,
+}
+
+impl Merged {
+    /// The result set as the client receives it (sequence ids from 1).
+    pub fn encode(&self, deprecate_eof: bool, status: StatusFlags) -> BytesMut {
+        let rows: Vec<Vec<Option<&[u8]>>> = self
+            .rows
+            .iter()
+            .map(|r| r.iter().map(|c| c.as_deref()).collect())
+            .collect();
+        protocol::encode_text_result(&self.columns, &rows, deprecate_eof, status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub(crate) fn col(name: &str, ty: ColumnType, charset: u16, decimals: u8) -> Column {
+        Column::new(ty)
+            .with_name(name.as_bytes())
+            .with_org_name(name.as_bytes())
+            .with_table(b"stu_0001")
+            .with_org_table(b"stu_0001")
+            .with_character_set(charset)
+            .with_decimals(decimals)
+    }
+
+    fn shard(columns: &[Column], rows: &[&[Option<&str>]]) -> ShardResult {
+        ShardResult {
+            columns: columns.to_vec(),
+            rows: rows
+                .iter()
+                .map(|r| {
+                    r.iter()
+                        .map(|c| c.map(|s| Bytes::copy_from_slice(s.as_bytes())))
+                        .collect()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn texts(m: &Merged) -> Vec<Vec<Option<String>>> {
+        m.rows
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .map(|c| c.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn decimals_are_exact() {
+        let a = Dec::parse(b"0.10").unwrap();
+        let b = Dec::parse(b"-0.3").unwrap();
+        assert_eq!(a.checked_add(b).unwrap().to_text(), "-0.20");
+        assert_eq!(
+            Dec::parse(b"7").unwrap().div_int(3, 4).unwrap().to_text(),
+            "2.3333"
+        );
+        assert_eq!(
+            Dec::parse(b"-5").unwrap().div_int(3, 4).unwrap().to_text(),
+            "-1.6667"
+        );
+        assert_eq!(
+            Dec::parse(b"2.5").unwrap().div_int(1, 0).unwrap().to_text(),
+            "3"
+        );
+    }
+
+    #[test]
+    fn order_by_numbers_not_text_and_limit_after_merge() {
+        let cols = [col("id", ColumnType::MYSQL_TYPE_LONG, 63, 0)];
+        let spec = MergeSpec {
+            order_by: vec![SortKey {
+                column: 0,
+                desc: false,
+            }],
+            offset: 1,
+            limit: Some(2),
+            ..Default::default()
+        };
+        let m = merge(
+            &spec,
+            vec![
+                shard(&cols, &[&[Some("10")], &[Some("2")]]),
+                shard(&cols, &[&[Some("9")], &[None]]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            texts(&m),
+            vec![vec![Some("2".into())], vec![Some("9".into())]]
+        );
+        assert_eq!(m.columns[0].table_str(), "stu_0001");
+    }
+
+    #[test]
+    fn grouped_sums_counts_averages_and_having() {
+        // SELECT name, COUNT(*), SUM(score), AVG(score) ... GROUP BY name HAVING COUNT(*) > 1
+        // shard columns: hidden sum, hidden count, name, count, sum, avg
+        let cols = [
+            col("h1", ColumnType::MYSQL_TYPE_NEWDECIMAL, 63, 0),
+            col("h2", ColumnType::MYSQL_TYPE_LONGLONG, 63, 0),
+            col("name", ColumnType::MYSQL_TYPE_VAR_STRING, 45, 0),
+            col("COUNT(*)", ColumnType::MYSQL_TYPE_LONGLONG, 63, 0),
+            col("SUM(score)", ColumnType::MYSQL_TYPE_NEWDECIMAL, 63, 0),
+            col("AVG(score)", ColumnType::MYSQL_TYPE_NEWDECIMAL, 63, 4),
+        ];
+        let spec = MergeSpec {
+            hidden: 2,
+            aggregates: vec![
+                (3, Agg::Count),
+                (4, Agg::Sum),
+                (5, Agg::Avg { sum: 0, count: 1 }),
+            ],
+            grouped: true,
+            group_by: vec![2],
+            having: Some(Having::Cmp(
+                Operand::Column(3),
+                CmpOp::Gt,
+                Operand::Number("1".into()),
+            )),
+            table_names: vec![("stu_0001".into(), "stu".into())],
+            ..Default::default()
+        };
+        let m = merge(
+            &spec,
+            vec![
+                shard(
+                    &cols,
+                    &[
+                        &[
+                            Some("3"),
+                            Some("1"),
+                            Some("Bob"),
+                            Some("1"),
+                            Some("3"),
+                            Some("3.0000"),
+                        ],
+                        &[
+                            Some("1"),
+                            Some("1"),
+                            Some("amy"),
+                            Some("1"),
+                            Some("1"),
+                            Some("1.0000"),
+                        ],
+                    ],
+                ),
+                shard(
+                    &cols,
+                    &[
+                        &[
+                            Some("4"),
+                            Some("2"),
+                            Some("bob"),
+                            Some("2"),
+                            Some("4"),
+                            Some("2.0000"),
+                        ],
+                        &[None, Some("0"), Some("Zed"), Some("1"), None, None],
+                    ],
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            texts(&m),
+            vec![vec![
+                Some("Bob".into()),
+                Some("3".into()),
+                Some("7".into()),
+                Some("2.3333".into())
+            ]]
+        );
+        assert_eq!(m.columns.len(), 4);
+        assert_eq!(m.columns[0].table_str(), "stu");
+    }
+
+    proptest! {
+        #[test]
+        fn merged_order_limit_matches_a_naive_sort(
+            shards in proptest::collection::vec(proptest::collection::vec(-50i64..50, 0..8), 1..5),
+            offset in 0u64..5, limit in 0u64..10, desc in any::<bool>(),
+        ) {
+            let cols = [col("v", ColumnType::MYSQL_TYPE_LONGLONG, 63, 0)];
+            let results: Vec<ShardResult> = shards.iter().map(|vals| {
+                let texts: Vec<String> = vals.iter().map(|v| v.to_string()).collect();
+                let rows: Vec<Vec<Option<&str>>> = texts.iter().map(|t| vec![Some(t.as_str())]).collect();
+                let refs: Vec<&[Option<&str>]> = rows.iter().map(|r| r.as_slice()).collect();
+                shard(&cols, &refs)
+            }).collect();
+            let spec = MergeSpec {
+                order_by: vec![SortKey { column: 0, desc }],
+                offset, limit: Some(limit), ..Default::default()
+            };
+            let m = merge(&spec, results).unwrap();
+            let mut all: Vec<i64> = shards.concat();
+            all.sort();
+            if desc { all.reverse(); }
+            let want: Vec<i64> = all.into_iter().skip(offset as usize).take(limit as usize).collect();
+            let got: Vec<i64> = m.rows.iter().map(|r| std::str::from_utf8(r[0].as_ref().unwrap()).unwrap().parse().unwrap()).collect();
+            prop_assert_eq!(got, want);
+        }
+    }
+}

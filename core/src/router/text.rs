@@ -1,0 +1,182 @@
+//! Rewriting the client's SQL text in place: positions from the parser's
+//! spans become byte ranges, and edits are spliced into the original text,
+//! so everything Tessera does not mean to change (comments, spacing, the
+//! labels MariaDB derives from expression text) stays exactly as written.
+
+use std::ops::Range;
+
+use sqlparser::dialect::MySqlDialect;
+use sqlparser::tokenizer::{Location, Span, Token, TokenWithSpan, Tokenizer};
+
+/// Maps parser locations (1-based line and character column) to byte offsets.
+#[derive(Debug)]
+pub struct LineIndex<'a> {
+    sql: &'a str,
+    line_starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    pub fn new(sql: &'a str) -> Self {
+        let mut line_starts = vec![0];
+        for (i, b) in sql.bytes().enumerate() {
+            if b == b'\n' {
+                line_starts.push(i + 1);
+            }
+        }
+        Self { sql, line_starts }
+    }
+
+    pub fn offset(&self, loc: Location) -> Option<usize> {
+        if loc.line == 0 || loc.column == 0 {
+            return None;
+        }
+        let start = *self.line_starts.get(loc.line as usize - 1)?;
+        let line = &self.sql[start..];
+        let col = loc.column as usize - 1;
+        if line.as_bytes()[..col.min(line.len())].is_ascii() {
+            return (col <= line.len()).then_some(start + col);
+        }
+        let mut chars = line.char_indices();
+        match chars.nth(col) {
+            Some((b, _)) => Some(start + b),
+            None => (line.chars().count() == col).then_some(self.sql.len()),
+        }
+    }
+
+    pub fn range(&self, span: Span) -> Option<Range<usize>> {
+        let a = self.offset(span.start)?;
+        let b = self.offset(span.end)?;
+        (a <= b).then_some(a..b)
+    }
+}
+
+/// Edits to the original text, applied together.
+#[derive(Debug, Default, Clone)]
+pub struct Edits {
+    edits: Vec<(Range<usize>, String)>,
+}
+
+impl Edits {
+    pub fn replace(&mut self, range: Range<usize>, text: impl Into<String>) {
+        self.edits.push((range, text.into()));
+    }
+
+    pub fn insert(&mut self, at: usize, text: impl Into<String>) {
+        self.edits.push((at..at, text.into()));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.edits.is_empty()
+    }
+
+    /// The text with every edit applied; `None` if two edits overlap.
+    pub fn apply(&self, sql: &str) -> Option<String> {
+        let mut edits: Vec<&(Range<usize>, String)> = self.edits.iter().collect();
+        edits.sort_by_key(|(r, _)| (r.start, r.end));
+        let mut out = String::with_capacity(sql.len() + 32);
+        let mut at = 0;
+        for (r, text) in edits {
+            if r.start < at || r.end > sql.len() {
+                return None;
+            }
+            out.push_str(sql.get(at..r.start)?);
+            out.push_str(text);
+            at = r.end;
+        }
+        out.push_str(sql.get(at..)?);
+        Some(out)
+    }
+}
+
+/// The statement's tokens with byte ranges, for finding clause keywords at
+/// the top level (outside parentheses).
+pub struct Tokens {
+    pub tokens: Vec<(Token, Range<usize>, u32)>,
+}
+
+impl Tokens {
+    pub fn new(sql: &str, index: &LineIndex) -> Option<Self> {
+        let raw: Vec<TokenWithSpan> = Tokenizer::new(&MySqlDialect {}, sql)
+            .tokenize_with_location()
+            .ok()?;
+        let mut depth = 0u32;
+        let mut tokens = Vec::with_capacity(raw.len());
+        for t in raw {
+            if matches!(t.token, Token::Whitespace(_)) {
+                continue;
+            }
+            let range = index.range(t.span)?;
+            if t.token == Token::RParen {
+                depth = depth.saturating_sub(1);
+            }
+            let d = depth;
+            if t.token == Token::LParen {
+                depth += 1;
+            }
+            tokens.push((t.token, range, d));
+        }
+        Some(Self { tokens })
+    }
+
+    /// Index of the first top-level keyword `kw` at or after token `from`.
+    pub fn find_keyword(&self, kw: &str, from: usize) -> Option<usize> {
+        self.tokens
+            .iter()
+            .enumerate()
+            .skip(from)
+            .find(|(_, (t, _, d))| *d == 0 && is_keyword(t, kw))
+            .map(|(i, _)| i)
+    }
+
+    /// Byte range of a top-level clause that starts with keyword `kw` and
+    /// runs to the next of `enders` (or the end, before a trailing `;`).
+    pub fn clause(&self, kw: &str, enders: &[&str]) -> Option<Range<usize>> {
+        let start = self.find_keyword(kw, 0)?;
+        let mut end_tok = self.tokens.len();
+        for (i, (t, _, d)) in self.tokens.iter().enumerate().skip(start + 1) {
+            if *d == 0 && (enders.iter().any(|e| is_keyword(t, e)) || *t == Token::SemiColon) {
+                end_tok = i;
+                break;
+            }
+        }
+        let last = &self.tokens[end_tok - 1];
+        Some(self.tokens[start].1.start..last.1.end)
+    }
+}
+
+pub fn is_keyword(t: &Token, kw: &str) -> bool {
+    matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(kw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_map_to_bytes_past_multibyte_text() {
+        let sql = "SELECT 'ä' ,\n x FROM t";
+        let idx = LineIndex::new(sql);
+        assert_eq!(idx.offset(Location::new(1, 1)), Some(0));
+        assert_eq!(idx.offset(Location::new(1, 12)), Some(12));
+        assert_eq!(idx.offset(Location::new(2, 2)), Some(15));
+        let toks = Tokens::new(sql, &idx).unwrap();
+        let from = toks.find_keyword("from", 0).unwrap();
+        assert_eq!(&sql[toks.tokens[from].1.clone()], "FROM");
+    }
+
+    #[test]
+    fn clauses_end_at_the_next_top_level_keyword() {
+        let sql =
+            "SELECT a FROM t GROUP BY a HAVING COUNT(*) > (SELECT 1 LIMIT 1) ORDER BY a LIMIT 3;";
+        let idx = LineIndex::new(sql);
+        let toks = Tokens::new(sql, &idx).unwrap();
+        let r = toks.clause("having", &["order", "limit"]).unwrap();
+        assert_eq!(&sql[r], "HAVING COUNT(*) > (SELECT 1 LIMIT 1)");
+        let r = toks.clause("limit", &["for", "lock"]).unwrap();
+        assert_eq!(&sql[r], "LIMIT 3");
+        let mut e = Edits::default();
+        e.replace(0..6, "select");
+        e.insert(sql.len() - 1, " FOR UPDATE");
+        assert!(e.apply(sql).unwrap().starts_with("select a"));
+    }
+}
