@@ -16,6 +16,7 @@ use tessera_core::config::User;
 use tessera_core::protocol::{
     cmd, format_capabilities, ok_payload, put_lenenc_int, put_lenenc_str, write_packet, FrameReader,
 };
+use tessera_core::testing::PRIMARY;
 use tessera_core::{Output, Session, SessionContext};
 
 const POINT_SELECT: &str = "SELECT c FROM sbtest1 WHERE id=42";
@@ -204,6 +205,8 @@ fn setup_session() -> Fixture {
         max_allowed_packet: MAX_ALLOWED_PACKET,
         record_statements: false,
         backend_read_timeout: None,
+        router: tessera_core::testing::single_node_router(),
+        merge_limit: 64 << 20,
     });
     let now = Instant::now();
     let client = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -227,7 +230,7 @@ fn setup_session() -> Fixture {
     session.handle_client_data(now, &mut cbuf);
     let outs = drain(&mut session);
     assert!(
-        matches!(outs.as_slice(), [Output::AcquireBackend]),
+        matches!(outs.as_slice(), [Output::AcquireBackend(_)]),
         "{outs:?}"
     );
     let charset: BTreeMap<String, String> = [
@@ -252,7 +255,7 @@ fn setup_session() -> Fixture {
             tracking: true,
         },
     };
-    session.handle_backend_attached(now, meta);
+    session.handle_backend_attached(now, PRIMARY, meta);
     let mut ok = BytesMut::new();
     write_packet(
         &mut ok,
@@ -267,7 +270,7 @@ fn setup_session() -> Fixture {
         let mut to_backend = None;
         for o in outs {
             match o {
-                Output::ToBackend(b) => to_backend = Some(b),
+                Output::ToBackend(_, b) => to_backend = Some(b),
                 other => panic!("unexpected output during restore: {other:?}"),
             }
         }
@@ -276,11 +279,11 @@ fn setup_session() -> Fixture {
             forwarded = true;
             break;
         }
-        session.handle_backend_data(now, &mut ok.clone());
+        session.handle_backend_data(now, PRIMARY, &mut ok.clone());
     }
     assert!(forwarded, "the query never reached the backend");
     let mut bbuf = BytesMut::from(&response[..]);
-    session.handle_backend_data(now, &mut bbuf);
+    session.handle_backend_data(now, PRIMARY, &mut bbuf);
     let got: Vec<u8> = client_only(drain(&mut session)).concat();
     assert_eq!(got, response);
     assert!(session.is_idle());
@@ -307,11 +310,11 @@ fn bench_session(c: &mut Criterion) {
     session.handle_client_data(now, &mut cbuf);
     let outs = drain(&mut session);
     assert!(
-        matches!(outs.as_slice(), [Output::ToBackend(b)] if b[..] == query[..]),
+        matches!(outs.as_slice(), [Output::ToBackend(_, b)] if b[..] == query[..]),
         "{outs:?}"
     );
     bbuf.extend_from_slice(&response);
-    session.handle_backend_data(now, &mut bbuf);
+    session.handle_backend_data(now, PRIMARY, &mut bbuf);
     let got: Vec<u8> = client_only(drain(&mut session)).concat();
     assert_eq!(
         got, response,
@@ -325,11 +328,11 @@ fn bench_session(c: &mut Criterion) {
             cbuf.extend_from_slice(&query);
             session.handle_client_data(now, &mut cbuf);
             while let Some(o) = session.poll_output() {
-                debug_assert!(matches!(o, Output::ToBackend(_)));
+                debug_assert!(matches!(o, Output::ToBackend(..)));
                 black_box(o);
             }
             bbuf.extend_from_slice(&response);
-            session.handle_backend_data(now, &mut bbuf);
+            session.handle_backend_data(now, PRIMARY, &mut bbuf);
             while let Some(o) = session.poll_output() {
                 debug_assert!(matches!(o, Output::ToClient(_)));
                 black_box(o);

@@ -38,6 +38,9 @@ pub struct Config {
     /// A backend that does not answer a statement in this long is given up (0 = never).
     #[serde(default)]
     pub backend_read_timeout_ms: u64,
+    /// Most bytes of shard results one scatter query may hold for merging.
+    #[serde(default = "default_max_merge_bytes")]
+    pub max_merge_bytes: usize,
     pub users: Vec<UserConfig>,
     /// A single node (shorthand for one entry in `nodes`).
     #[serde(default)]
@@ -197,6 +200,9 @@ pub struct LogConfig {
     pub slow_threshold_ms: u64,
 }
 
+fn default_max_merge_bytes() -> usize {
+    256 << 20
+}
 fn default_max_client_connections() -> usize {
     4096
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod merge;
 pub mod protocol;
 pub mod router;
+pub mod scatter;
 pub mod session;
 pub mod shard;
 #[cfg(any(test, feature = "testing"))]

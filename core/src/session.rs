@@ -21,9 +21,13 @@ use mysql_common::proto::MySerialize;
 use crate::auth::{AuthMethod, RsaKey, Sha2Cache};
 use crate::backend::{BackendMeta, Interest, ResponseKind, ResponseScanner, Step};
 use crate::config::User;
+use crate::merge;
 use crate::protocol::{
     self, cmd, code, err_payload, ok_payload, sql_state_for, FrameError, FrameReader, Packet,
 };
+use crate::router::{self, Access, Plan, Router, ScatterMerge, ScatterPlan};
+use crate::scatter::{Lane, LaneStep, ScatterRun};
+use crate::topology::BackendId;
 
 /// Everything sessions share: users, auth material, limits. Immutable; a
 /// reload swaps in a new one for new sessions.
@@ -39,6 +43,10 @@ pub struct SessionContext {
     pub record_statements: bool,
     /// Give up on a backend that does not answer within this long.
     pub backend_read_timeout: Option<Duration>,
+    /// Routing: nodes, sharded tables, blacklist.
+    pub router: Arc<Router>,
+    /// Largest result a scatter query may buffer for merging, in bytes.
+    pub merge_limit: usize,
 }
 
 /// What the driver must do next.
@@ -46,14 +54,18 @@ pub struct SessionContext {
 pub enum Output {
     /// Write these bytes to the client.
     ToClient(Bytes),
-    /// Write these bytes to the attached backend connection.
-    ToBackend(Bytes),
-    /// Attach a backend connection (answer with `backend_attached` or
-    /// `backend_unavailable`).
-    AcquireBackend,
-    /// Detach the backend connection: back to the pool (reset before reuse)
-    /// if `reusable`, else close it.
-    ReleaseBackend { meta: BackendMeta, reusable: bool },
+    /// Write these bytes to the session's connection to this backend.
+    ToBackend(BackendId, Bytes),
+    /// Attach a connection to this backend (answer with `backend_attached`
+    /// or `backend_unavailable`).
+    AcquireBackend(BackendId),
+    /// Detach the connection to a backend: back to the pool (reset before
+    /// reuse) if `reusable`, else close it.
+    ReleaseBackend {
+        backend: BackendId,
+        meta: BackendMeta,
+        reusable: bool,
+    },
     /// Kill another session's statement or connection (answer with `kill_done`).
     Kill {
         connection_id: u32,
@@ -116,16 +128,20 @@ enum Busy {
     },
     /// Waiting for the driver to carry out a KILL.
     Killing,
+    /// A statement fanned out to several sub-tables or nodes.
+    Scatter(Box<ScatterRun>),
 }
 
 #[derive(Debug, Clone)]
-enum Internal {
+pub(crate) enum Internal {
     Send(Bytes, ResponseKind, InternalPurpose),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum InternalPurpose {
+pub(crate) enum InternalPurpose {
     Restore,
+    /// The client's deferred BEGIN, sent before its first statement.
+    Begin,
     /// Re-preparing a client statement on a new backend connection.
     Reprepare(u32),
 }
@@ -145,7 +161,9 @@ enum Forwarded {
 struct Prepared {
     sql: Bytes,
     params: u16,
-    /// The statement's id on the attached backend, if prepared there.
+    /// The backend the statement runs on (its node's primary).
+    backend: BackendId,
+    /// The statement's id on that backend's connection, if prepared there.
     backend_id: Option<u32>,
     /// Parameter types from the last execute that sent them.
     param_types: Option<Bytes>,
@@ -191,7 +209,16 @@ pub struct Session {
     client_caps: CapabilityFlags,
     user: String,
     wanted: Wanted,
-    backend: Option<BackendMeta>,
+    /// Connections held, one per backend the session has used.
+    slots: BTreeMap<BackendId, BackendMeta>,
+    /// The backend of the command in progress (or about to be).
+    active: BackendId,
+    /// The backend the last command ran on: its state is the session's.
+    last_backend: Option<BackendId>,
+    /// The backend holding the open transaction.
+    tx_backend: Option<BackendId>,
+    /// A BEGIN the client sent, held until its first statement picks a node.
+    pending_begin: Option<Bytes>,
     /// The client command held while a backend is attached or restored.
     pending: Option<Packet>,
     stmts: BTreeMap<u32, Prepared>,
@@ -256,7 +283,11 @@ impl Session {
             client_caps: CapabilityFlags::empty(),
             user: String::new(),
             wanted: Wanted::default(),
-            backend: None,
+            slots: BTreeMap::new(),
+            active: BackendId(0),
+            last_backend: None,
+            tx_backend: None,
+            pending_begin: None,
             pending: None,
             stmts: BTreeMap::new(),
             next_stmt_id: 1,
@@ -288,7 +319,24 @@ impl Session {
 
     /// The backend connection's own id, while one is attached.
     pub fn backend_thread_id(&self) -> Option<u32> {
-        self.backend.as_ref().map(|b| b.thread_id)
+        self.cur().map(|b| b.thread_id)
+    }
+
+    fn cur(&self) -> Option<&BackendMeta> {
+        self.slots.get(&self.active)
+    }
+
+    fn cur_mut(&mut self) -> Option<&mut BackendMeta> {
+        self.slots.get_mut(&self.active)
+    }
+
+    fn router(&self) -> &Router {
+        &self.ctx.router
+    }
+
+    fn default_primary(&self) -> BackendId {
+        let r = &self.ctx.router;
+        r.topology.primary(r.default_node())
     }
 
     pub fn is_closed(&self) -> bool {
@@ -362,7 +410,7 @@ impl Session {
         if !autocommit_off {
             s |= StatusFlags::SERVER_STATUS_AUTOCOMMIT;
         }
-        if self.in_transaction {
+        if self.in_transaction || self.pending_begin.is_some() {
             s |= StatusFlags::SERVER_STATUS_IN_TRANS;
         }
         s
@@ -386,16 +434,34 @@ impl Session {
         self.out.push_back(Output::Close);
     }
 
+    /// Gives back every held connection.
     fn release_backend(&mut self, reusable: bool) {
-        if let Some(meta) = self.backend.take() {
-            self.out
-                .push_back(Output::ReleaseBackend { meta, reusable });
-        }
-        for s in self.stmts.values_mut() {
-            s.backend_id = None;
-            s.types_sent = false;
+        let ids: Vec<BackendId> = self.slots.keys().copied().collect();
+        for id in ids {
+            self.release_slot(id, reusable);
         }
         self.backend_deadline = None;
+        self.last_backend = None;
+        self.tx_backend = None;
+    }
+
+    fn release_slot(&mut self, backend: BackendId, reusable: bool) {
+        if let Some(meta) = self.slots.remove(&backend) {
+            self.out.push_back(Output::ReleaseBackend {
+                backend,
+                meta,
+                reusable,
+            });
+        }
+        for s in self.stmts.values_mut() {
+            if s.backend == backend {
+                s.backend_id = None;
+                s.types_sent = false;
+            }
+        }
+        if self.last_backend == Some(backend) {
+            self.last_backend = None;
+        }
     }
 
     // ---------------------------------------------------------------- input
@@ -448,21 +514,33 @@ impl Session {
     }
 
     /// The driver attached a backend connection (after `AcquireBackend`).
-    pub fn handle_backend_attached(&mut self, now: Instant, meta: BackendMeta) {
-        if matches!(self.phase, Phase::Closed) {
+    pub fn handle_backend_attached(&mut self, now: Instant, backend: BackendId, meta: BackendMeta) {
+        if matches!(self.phase, Phase::Closed) || self.slots.contains_key(&backend) {
             self.out.push_back(Output::ReleaseBackend {
+                backend,
                 meta,
                 reusable: true,
             });
             return;
         }
-        self.backend = Some(meta);
-        self.start_restore(now);
+        self.slots.insert(backend, meta);
+        if matches!(self.phase, Phase::Command(Busy::Scatter(_))) {
+            self.scatter_lane_attached(now, backend);
+            return;
+        }
+        if backend == self.active && matches!(self.phase, Phase::Command(Busy::Acquiring)) {
+            self.start_restore(now);
+        }
     }
 
     /// No backend connection could be had (pool exhausted, backend down).
-    pub fn handle_backend_unavailable(&mut self, _now: Instant, reason: &str) {
-        if !matches!(self.phase, Phase::Command(Busy::Acquiring)) {
+    pub fn handle_backend_unavailable(&mut self, now: Instant, backend: BackendId, reason: &str) {
+        if matches!(self.phase, Phase::Command(Busy::Scatter(_))) {
+            let msg = format!("Tessera could not get a backend connection: {reason}");
+            self.scatter_lane_failed(now, backend, code::ER_CONNECT_TO_BACKEND, msg, false);
+            return;
+        }
+        if !matches!(self.phase, Phase::Command(Busy::Acquiring)) || backend != self.active {
             return;
         }
         let msg = format!("Tessera could not get a backend connection: {reason}");
@@ -474,21 +552,32 @@ impl Session {
         self.end_statement_record();
     }
 
-    /// The attached backend connection broke (closed, reset, timed out).
-    pub fn handle_backend_closed(&mut self, _now: Instant, reason: &str) {
-        let Some(meta) = self.backend.take() else {
+    /// A backend connection broke (closed, reset, timed out).
+    pub fn handle_backend_closed(&mut self, now: Instant, backend: BackendId, reason: &str) {
+        if !self.slots.contains_key(&backend) {
             return;
-        };
-        self.out.push_back(Output::ReleaseBackend {
-            meta,
-            reusable: false,
-        });
-        for s in self.stmts.values_mut() {
-            s.backend_id = None;
-            s.types_sent = false;
+        }
+        self.release_slot(backend, false);
+        let was_in_tx = self.tx_backend == Some(backend);
+        if was_in_tx {
+            self.tx_backend = None;
+            self.in_transaction = false;
+        }
+        if matches!(self.phase, Phase::Command(Busy::Scatter(_))) {
+            let tx = if was_in_tx {
+                "; the open transaction was rolled back"
+            } else {
+                ""
+            };
+            let msg = format!("Lost connection to backend during query ({reason}){tx}");
+            self.scatter_lane_failed(now, backend, code::ER_CONNECT_TO_BACKEND, msg, true);
+            return;
+        }
+        if backend != self.active {
+            // An idle connection went away: the next statement gets a new one.
+            return;
         }
         self.backend_deadline = None;
-        let was_in_tx = std::mem::take(&mut self.in_transaction);
         match std::mem::replace(&mut self.phase, Phase::Command(Busy::Idle)) {
             Phase::Command(Busy::Forwarding { scanner, .. }) => {
                 if scanner.mid_packet() {
@@ -520,8 +609,20 @@ impl Session {
         }
     }
 
-    /// Bytes arrived from the attached backend.
-    pub fn handle_backend_data(&mut self, now: Instant, buf: &mut BytesMut) {
+    /// Bytes arrived from the connection to `backend`.
+    pub fn handle_backend_data(&mut self, now: Instant, backend: BackendId, buf: &mut BytesMut) {
+        if matches!(self.phase, Phase::Command(Busy::Scatter(_))) {
+            self.scatter_data(now, backend, buf);
+            return;
+        }
+        if backend != self.active {
+            // Unsolicited bytes on an idle connection: it cannot be trusted.
+            if !buf.is_empty() {
+                buf.clear();
+                self.release_slot(backend, false);
+            }
+            return;
+        }
         loop {
             let phase = std::mem::replace(&mut self.phase, Phase::Closed);
             match phase {
@@ -530,6 +631,7 @@ impl Session {
                     if done {
                         self.phase = Phase::Command(Busy::Idle);
                         self.backend_deadline = None;
+                        self.last_backend = Some(self.active);
                         self.on_forward_done(what);
                         self.end_statement_record();
                     } else {
@@ -576,7 +678,7 @@ impl Session {
                     self.phase = other;
                     if !buf.is_empty() {
                         buf.clear();
-                        self.handle_backend_closed(now, "unexpected data from backend");
+                        self.handle_backend_closed(now, backend, "unexpected data from backend");
                     }
                     return;
                 }
@@ -602,7 +704,13 @@ impl Session {
         if let Some(deadline) = self.backend_deadline {
             if now >= deadline {
                 self.backend_deadline = None;
-                self.handle_backend_closed(now, "backend read timeout");
+                let busy: Vec<BackendId> = match &self.phase {
+                    Phase::Command(Busy::Scatter(run)) => run.busy_lanes(),
+                    _ => vec![self.active],
+                };
+                for b in busy {
+                    self.handle_backend_closed(now, b, "backend read timeout");
+                }
             }
         }
     }
@@ -844,6 +952,8 @@ impl Session {
                 .contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
         };
         self.in_transaction = false;
+        self.pending_begin = None;
+        self.active = self.default_primary();
         self.frames.expect_seq(Some(0));
         if login.schema.is_some() {
             // Check the database exists before saying OK, as MySQL does.
@@ -906,7 +1016,7 @@ impl Session {
                     });
                     return;
                 }
-                self.forward_or_acquire(now, pkt);
+                self.route_query(now, pkt);
             }
             cmd::PROCESS_KILL => {
                 let Some(id) = command_u32(&pkt.payload) else {
@@ -924,12 +1034,26 @@ impl Session {
                 });
             }
             cmd::CHANGE_USER => self.on_change_user(now, pkt),
-            cmd::INIT_DB
-            | cmd::FIELD_LIST
-            | cmd::STATISTICS
-            | cmd::SET_OPTION
-            | cmd::RESET_CONNECTION
-            | cmd::STMT_PREPARE => self.forward_or_acquire(now, pkt),
+            cmd::INIT_DB | cmd::FIELD_LIST | cmd::STATISTICS | cmd::SET_OPTION => {
+                self.active = self.sticky_backend();
+                self.forward_or_acquire(now, pkt)
+            }
+            cmd::RESET_CONNECTION => {
+                // Only one connection is reset; the others go back to the pool.
+                self.active = self.sticky_backend();
+                let others: Vec<BackendId> = self
+                    .slots
+                    .keys()
+                    .copied()
+                    .filter(|b| *b != self.active)
+                    .collect();
+                for b in others {
+                    self.release_slot(b, true);
+                }
+                self.pending_begin = None;
+                self.forward_or_acquire(now, pkt)
+            }
+            cmd::STMT_PREPARE => self.route_prepare(now, pkt),
             cmd::STMT_EXECUTE
             | cmd::STMT_SEND_LONG_DATA
             | cmd::STMT_CLOSE
@@ -958,15 +1082,28 @@ impl Session {
                     return;
                 }
                 if command == cmd::STMT_CLOSE {
-                    let st = self.stmts.remove(&id);
-                    if let (Some(bid), Some(_)) =
-                        (st.and_then(|s| s.backend_id), self.backend.as_ref())
-                    {
-                        let mut p = pkt.payload.to_vec();
-                        p[1..5].copy_from_slice(&bid.to_le_bytes());
-                        self.out.push_back(Output::ToBackend(frame(0, &p)));
+                    if let Some(st) = self.stmts.remove(&id) {
+                        if let (Some(bid), true) =
+                            (st.backend_id, self.slots.contains_key(&st.backend))
+                        {
+                            let mut p = pkt.payload.to_vec();
+                            p[1..5].copy_from_slice(&bid.to_le_bytes());
+                            self.out
+                                .push_back(Output::ToBackend(st.backend, frame(0, &p)));
+                        }
                     }
                     return;
+                }
+                if let Some(st) = self.stmts.get(&id) {
+                    self.active = st.backend;
+                }
+                if let Some(tx) = self.tx_backend {
+                    if tx != self.active {
+                        let msg = self.cross_node_message(self.active, tx);
+                        self.send_err(1, router::ER_ROUTING, &msg);
+                        self.end_statement_record();
+                        return;
+                    }
                 }
                 self.forward_or_acquire(now, pkt);
             }
@@ -1001,7 +1138,7 @@ impl Session {
             let rec = StatementRecord {
                 user: self.user.clone(),
                 client: self.client_addr,
-                backend_thread: self.backend.as_ref().map(|b| b.thread_id).unwrap_or(0),
+                backend_thread: self.cur().map(|b| b.thread_id).unwrap_or(0),
                 sql,
                 duration: Duration::ZERO,
                 error: self.last_error,
@@ -1022,11 +1159,16 @@ impl Session {
     }
 
     fn acquire_or_restore(&mut self, now: Instant) {
-        if self.backend.is_some() {
-            self.run_pending(now);
+        if self.slots.contains_key(&self.active) {
+            if self.last_backend == Some(self.active) && self.pending_begin.is_none() {
+                // The session ran here last: its state is already this connection's.
+                self.run_pending(now);
+            } else {
+                self.start_restore(now);
+            }
         } else {
             self.phase = Phase::Command(Busy::Acquiring);
-            self.out.push_back(Output::AcquireBackend);
+            self.out.push_back(Output::AcquireBackend(self.active));
         }
     }
 
@@ -1039,12 +1181,16 @@ impl Session {
         }
     }
 
-    /// Internal commands that bring the attached backend to the wanted state.
+    /// Internal commands that bring the active backend to the wanted state.
     fn restore_plan(&self) -> VecDeque<Internal> {
+        match self.cur() {
+            Some(meta) => self.restore_plan_for(meta),
+            None => VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn restore_plan_for(&self, meta: &BackendMeta) -> VecDeque<Internal> {
         let mut plan = VecDeque::new();
-        let Some(meta) = &self.backend else {
-            return plan;
-        };
         let st = &meta.state;
         let mut assignments: Vec<String> = Vec::new();
         if !st.tracking {
@@ -1093,7 +1239,18 @@ impl Session {
     }
 
     fn start_restore(&mut self, now: Instant) {
-        let plan = self.restore_plan();
+        let mut plan = self.restore_plan();
+        // A deferred BEGIN goes out before the first statement of the
+        // transaction (not before its COMMIT or ROLLBACK, which never get here).
+        if let Some(begin) = self.pending_begin.take() {
+            if self.pending.is_some() {
+                plan.push_back(Internal::Send(
+                    begin,
+                    ResponseKind::Generic,
+                    InternalPurpose::Begin,
+                ));
+            }
+        }
         self.continue_internal(now, plan);
     }
 
@@ -1102,7 +1259,7 @@ impl Session {
     fn continue_internal(&mut self, now: Instant, left: VecDeque<Internal>) {
         if let Some(Internal::Send(bytes, kind, _)) = left.front().cloned() {
             let deprecate = self.deprecate_eof();
-            self.out.push_back(Output::ToBackend(bytes));
+            self.out.push_back(Output::ToBackend(self.active, bytes));
             self.arm_deadline(now);
             self.phase = Phase::Command(Busy::Restoring {
                 scanner: ResponseScanner::new(kind, deprecate),
@@ -1122,17 +1279,16 @@ impl Session {
         purpose: InternalPurpose,
     ) -> Result<(), (u16, String)> {
         match (purpose, result) {
+            (InternalPurpose::Begin, InternalResult::Ok { .. }) => {
+                self.in_transaction = true;
+                self.tx_backend = Some(self.active);
+                Ok(())
+            }
             (InternalPurpose::Restore, InternalResult::Ok { changes }) => {
                 self.apply_backend_changes(&changes);
-                if let Some(meta) = self.backend.as_mut() {
-                    meta.state.tracking = true;
-                    meta.state.multi_statements = Some(self.wanted.multi_statements);
-                    if self.wanted.schema.is_some() {
-                        meta.state.schema = self.wanted.schema.clone();
-                    }
-                    for (k, v) in &self.wanted.vars {
-                        meta.state.vars.insert(k.clone(), v.clone());
-                    }
+                let wanted = self.wanted.clone();
+                if let Some(meta) = self.cur_mut() {
+                    sync_state(meta, &wanted);
                 }
                 Ok(())
             }
@@ -1154,7 +1310,7 @@ impl Session {
     }
 
     fn deprecate_eof(&self) -> bool {
-        self.backend.as_ref().is_some_and(|b| {
+        self.cur().is_some_and(|b| {
             b.capabilities
                 .contains(CapabilityFlags::CLIENT_DEPRECATE_EOF)
         })
@@ -1244,7 +1400,8 @@ impl Session {
                         p[1..5].copy_from_slice(&bid.to_le_bytes());
                         if command == cmd::STMT_SEND_LONG_DATA {
                             // No response.
-                            self.out.push_back(Output::ToBackend(frame(0, &p)));
+                            self.out
+                                .push_back(Output::ToBackend(self.active, frame(0, &p)));
                             self.phase = Phase::Command(Busy::Idle);
                             return;
                         }
@@ -1259,7 +1416,7 @@ impl Session {
             }
             _ => (ResponseKind::Generic, Forwarded::Plain, raw_frame(&pkt)),
         };
-        self.out.push_back(Output::ToBackend(bytes));
+        self.out.push_back(Output::ToBackend(self.active, bytes));
         self.arm_deadline(now);
         self.phase = Phase::Command(Busy::Forwarding {
             scanner: ResponseScanner::new(kind, deprecate),
@@ -1320,7 +1477,8 @@ impl Session {
         }
         let mut out = BytesMut::with_capacity(pkt.payload.len() + 8);
         protocol::write_packet(&mut out, pkt.seq, &pkt.payload);
-        self.out.push_back(Output::ToBackend(out.freeze()));
+        self.out
+            .push_back(Output::ToBackend(self.active, out.freeze()));
         self.frames.expect_seq(if empty {
             Some(0)
         } else {
@@ -1349,6 +1507,7 @@ impl Session {
         self.release_backend(true);
         self.stmts.clear();
         self.in_transaction = false;
+        self.pending_begin = None;
         self.pending_login = Some(PendingLogin {
             user: user.clone(),
             schema,
@@ -1357,6 +1516,479 @@ impl Session {
         });
         self.frames.expect_seq(Some(1));
         self.begin_auth(now, &user, plugin.as_deref(), &response, 1);
+    }
+
+    // ------------------------------------------------------------- routing
+
+    /// The backend for statements bound to the session's connection.
+    fn sticky_backend(&self) -> BackendId {
+        self.tx_backend
+            .or(self.last_backend)
+            .unwrap_or_else(|| self.default_primary())
+    }
+
+    fn autocommit_off(&self) -> bool {
+        self.wanted
+            .vars
+            .get("autocommit")
+            .is_some_and(|v| v.eq_ignore_ascii_case("off") || v == "0")
+    }
+
+    fn node_name(&self, node: usize) -> String {
+        self.router()
+            .topology
+            .nodes
+            .get(node)
+            .map(|n| n.name.clone())
+            .unwrap_or_default()
+    }
+
+    fn cross_node_message(&self, want: BackendId, tx: BackendId) -> String {
+        let t = &self.router().topology;
+        format!(
+            "Statement refused: it reaches node `{}` but the open transaction is on node `{}`, and a Tessera transaction stays on one node. The transaction is still open: commit or roll it back first",
+            self.node_name(t.backend(want).node),
+            self.node_name(t.backend(tx).node)
+        )
+    }
+
+    /// The backend a statement for `node` runs on: the transaction's, the
+    /// primary for writes (and anything in a transaction), else a replica.
+    fn pick(&self, node: usize, access: Access) -> Result<BackendId, String> {
+        let t = &self.router().topology;
+        if let Some(tx) = self.tx_backend {
+            if t.backend(tx).node != node {
+                return Err(self.cross_node_message(t.primary(node), tx));
+            }
+            return Ok(tx);
+        }
+        if access == Access::Write || self.pending_begin.is_some() || self.autocommit_off() {
+            return Ok(t.primary(node));
+        }
+        Ok(t.read_target(node))
+    }
+
+    fn refuse(&mut self, code: u16, message: &str) {
+        self.send_err(1, code, message);
+        self.end_statement_record();
+    }
+
+    fn route_query(&mut self, now: Instant, pkt: Packet) {
+        let plan = match std::str::from_utf8(&pkt.payload[1..]) {
+            Ok(sql) => self.ctx.router.route(sql),
+            // Not UTF-8: no parse, the default node's primary.
+            Err(_) => Plan::Single {
+                node: self.router().default_node(),
+                access: Access::Write,
+                sql: None,
+            },
+        };
+        self.execute_plan(now, pkt, plan);
+    }
+
+    fn execute_plan(&mut self, now: Instant, pkt: Packet, plan: Plan) {
+        match plan {
+            Plan::Single { node, access, sql } => match self.pick(node, access) {
+                Ok(b) => {
+                    self.active = b;
+                    let pkt = match sql {
+                        Some(s) => query_packet(&s),
+                        None => pkt,
+                    };
+                    self.forward_or_acquire(now, pkt);
+                }
+                Err(msg) => self.refuse(router::ER_ROUTING, &msg),
+            },
+            Plan::Sticky => {
+                self.active = self.sticky_backend();
+                self.forward_or_acquire(now, pkt);
+            }
+            Plan::Begin => match self.tx_backend {
+                Some(tx) => {
+                    self.active = tx;
+                    self.forward_or_acquire(now, pkt);
+                }
+                None => {
+                    // The node is not known until the first statement.
+                    self.pending_begin = Some(frame(0, &pkt.payload));
+                    self.send_ok(1);
+                    self.end_statement_record();
+                }
+            },
+            Plan::Commit | Plan::Rollback => match self.tx_backend {
+                Some(tx) => {
+                    self.active = tx;
+                    self.forward_or_acquire(now, pkt);
+                }
+                None => {
+                    self.pending_begin = None;
+                    self.send_ok(1);
+                    self.end_statement_record();
+                }
+            },
+            Plan::Explain(inner) => self.explain(&inner),
+            Plan::Refuse { code, message } => self.refuse(code, &message),
+            Plan::Scatter(plan) => self.start_scatter(now, *plan),
+        }
+    }
+
+    /// Prepared statements run on their node's primary; over sharded tables
+    /// they are not supported yet.
+    fn route_prepare(&mut self, now: Instant, pkt: Packet) {
+        let plan = std::str::from_utf8(&pkt.payload[1..]).map(|sql| self.ctx.router.route(sql));
+        let node = match plan {
+            Ok(Plan::Single { node, sql: None, .. }) => node,
+            Ok(Plan::Refuse { code, message }) => return self.refuse(code, &message),
+            Ok(Plan::Single { .. } | Plan::Scatter(_)) => {
+                return self.refuse(
+                    router::ER_NOT_SUPPORTED,
+                    "Prepared statements over sharded or broadcast tables are not supported yet; send the statement as text",
+                )
+            }
+            _ => self.router().default_node(),
+        };
+        let t = self.router().topology.clone();
+        self.active = match self.tx_backend {
+            Some(tx) if t.backend(tx).node != node => {
+                let msg = self.cross_node_message(t.primary(node), tx);
+                return self.refuse(router::ER_ROUTING, &msg);
+            }
+            Some(tx) => tx,
+            None => t.primary(node),
+        };
+        self.forward_or_acquire(now, pkt);
+    }
+
+    fn client_deprecate_eof(&self) -> bool {
+        self.client_caps
+            .contains(CapabilityFlags::CLIENT_DEPRECATE_EOF)
+    }
+
+    /// `TESSERA EXPLAIN <statement>`: the plan, one row per target.
+    fn explain(&mut self, inner: &str) {
+        let plan = self.ctx.router.route(inner);
+        let rows = router::explain_rows(self.router(), &plan);
+        let columns: Vec<mysql_common::packets::Column> = ["node", "target", "sql", "merge"]
+            .iter()
+            .map(|n| {
+                mysql_common::packets::Column::new(
+                    mysql_common::constants::ColumnType::MYSQL_TYPE_VAR_STRING,
+                )
+                .with_name(n.as_bytes())
+                .with_character_set(CollationId::UTF8MB4_GENERAL_CI as u16)
+                .with_column_length(4096)
+            })
+            .collect();
+        let cells: Vec<Vec<Option<&[u8]>>> = rows
+            .iter()
+            .map(|r| r.iter().map(|c| Some(c.as_bytes())).collect())
+            .collect();
+        let out = protocol::encode_text_result(
+            &columns,
+            &cells,
+            self.client_deprecate_eof(),
+            self.status_flags(),
+        );
+        self.out.push_back(Output::ToClient(out.freeze()));
+        self.end_statement_record();
+    }
+
+    // ------------------------------------------------------------- scatter
+
+    fn start_scatter(&mut self, now: Instant, plan: ScatterPlan) {
+        let t = self.router().topology.clone();
+        let nodes: std::collections::BTreeSet<usize> = plan.parts.iter().map(|p| p.node).collect();
+        if let Some(tx) = self.tx_backend {
+            if let Some(other) = nodes.iter().find(|n| **n != t.backend(tx).node) {
+                let msg = self.cross_node_message(t.primary(*other), tx);
+                return self.refuse(router::ER_ROUTING, &msg);
+            }
+        } else if (self.pending_begin.is_some() || self.autocommit_off()) && nodes.len() > 1 {
+            let names: Vec<String> = nodes
+                .iter()
+                .map(|n| format!("`{}`", self.node_name(*n)))
+                .collect();
+            let msg = format!(
+                "Statement refused: inside a transaction it would reach nodes {}, and a Tessera transaction stays on one node. Add a shard-key condition, or run it outside the transaction",
+                names.join(", ")
+            );
+            return self.refuse(router::ER_ROUTING, &msg);
+        }
+        let in_tx =
+            self.tx_backend.is_some() || self.pending_begin.is_some() || self.autocommit_off();
+        let atomic = matches!(plan.merge, ScatterMerge::Writes { atomic: true }) && !in_tx;
+        let mut chosen: BTreeMap<usize, BackendId> = BTreeMap::new();
+        let mut lanes: BTreeMap<BackendId, Lane> = BTreeMap::new();
+        for (i, part) in plan.parts.iter().enumerate() {
+            let b = match chosen.get(&part.node) {
+                Some(b) => *b,
+                None => match self.pick(part.node, plan.access) {
+                    Ok(b) => {
+                        chosen.insert(part.node, b);
+                        b
+                    }
+                    Err(msg) => return self.refuse(router::ER_ROUTING, &msg),
+                },
+            };
+            lanes
+                .entry(b)
+                .or_insert_with(|| Lane::new(VecDeque::new()))
+                .queue
+                .push_back(LaneStep::Part(i));
+        }
+        let begin = self.pending_begin.take();
+        for lane in lanes.values_mut() {
+            if let Some(b) = &begin {
+                lane.queue.push_front(LaneStep::ClientBegin(b.clone()));
+            } else if atomic {
+                lane.queue.push_front(LaneStep::Begin);
+            }
+        }
+        let ids: Vec<BackendId> = lanes.keys().copied().collect();
+        let run = ScatterRun {
+            results: (0..plan.parts.len()).map(|_| None).collect(),
+            plan,
+            lanes,
+            atomic,
+            failed: None,
+            ending: false,
+        };
+        self.phase = Phase::Command(Busy::Scatter(Box::new(run)));
+        self.arm_deadline(now);
+        for id in ids {
+            if self.slots.contains_key(&id) {
+                self.scatter_lane_attached(now, id);
+            } else {
+                self.out.push_back(Output::AcquireBackend(id));
+            }
+        }
+    }
+
+    fn take_scatter(&mut self) -> Option<Box<ScatterRun>> {
+        match std::mem::replace(&mut self.phase, Phase::Command(Busy::Idle)) {
+            Phase::Command(Busy::Scatter(run)) => Some(run),
+            other => {
+                self.phase = other;
+                None
+            }
+        }
+    }
+
+    fn scatter_lane_attached(&mut self, now: Instant, backend: BackendId) {
+        let Some(mut run) = self.take_scatter() else {
+            return;
+        };
+        let restore: Vec<Bytes> = match self.slots.get(&backend) {
+            Some(meta) => self
+                .restore_plan_for(meta)
+                .into_iter()
+                .map(|Internal::Send(b, _, _)| b)
+                .collect(),
+            None => Vec::new(),
+        };
+        if let Some(lane) = run.lanes.get_mut(&backend) {
+            for b in restore.into_iter().rev() {
+                lane.queue.push_front(LaneStep::Restore(b));
+            }
+            lane.state = crate::scatter::LaneState::Idle;
+        }
+        self.scatter_advance(&mut run, backend);
+        self.phase = Phase::Command(Busy::Scatter(run));
+        self.scatter_maybe_finish(now);
+    }
+
+    /// Sends the lane's next step if it is free.
+    fn scatter_advance(&mut self, run: &mut ScatterRun, backend: BackendId) {
+        use crate::scatter::LaneState;
+        let deprecate = self.slots.get(&backend).is_some_and(|b| {
+            b.capabilities
+                .contains(CapabilityFlags::CLIENT_DEPRECATE_EOF)
+        });
+        let Some(lane) = run.lanes.get_mut(&backend) else {
+            return;
+        };
+        if !matches!(lane.state, LaneState::Idle) {
+            return;
+        }
+        let Some(step) = lane.queue.pop_front() else {
+            return;
+        };
+        let bytes = match &step {
+            LaneStep::Restore(b) | LaneStep::ClientBegin(b) => b.clone(),
+            LaneStep::Begin => {
+                lane.began = true;
+                crate::backend::query_request("BEGIN")
+            }
+            LaneStep::Part(i) => crate::backend::query_request(&run.plan.parts[*i].sql),
+            LaneStep::End(commit) => {
+                crate::backend::query_request(if *commit { "COMMIT" } else { "ROLLBACK" })
+            }
+        };
+        lane.state = LaneState::Running {
+            step,
+            collector: merge::Collector::new(deprecate, self.ctx.merge_limit),
+        };
+        self.out.push_back(Output::ToBackend(backend, bytes));
+    }
+
+    fn scatter_data(&mut self, now: Instant, backend: BackendId, buf: &mut BytesMut) {
+        use crate::scatter::LaneState;
+        let Some(mut run) = self.take_scatter() else {
+            return;
+        };
+        let Some(lane) = run.lanes.get_mut(&backend) else {
+            buf.clear();
+            self.phase = Phase::Command(Busy::Scatter(run));
+            return;
+        };
+        let LaneState::Running { collector, .. } = &mut lane.state else {
+            buf.clear();
+            self.phase = Phase::Command(Busy::Scatter(run));
+            return;
+        };
+        match collector.feed(buf) {
+            Ok(false) => {
+                self.phase = Phase::Command(Busy::Scatter(run));
+                return;
+            }
+            Err(e) => {
+                // The stream is out of step: this connection cannot be reused.
+                buf.clear();
+                lane.state = LaneState::Dead;
+                lane.queue.clear();
+                run.fail(
+                    router::ER_ROUTING,
+                    format!("Tessera could not merge the shard results: {e}"),
+                );
+                self.release_slot(backend, false);
+            }
+            Ok(true) => {
+                let LaneState::Running { step, collector } =
+                    std::mem::replace(&mut lane.state, LaneState::Idle)
+                else {
+                    unreachable!("matched above");
+                };
+                let result = collector.take();
+                if let Some(err) = &result.err {
+                    run.fail(err.code, err.message.clone());
+                } else {
+                    match step {
+                        LaneStep::Restore(_) => {
+                            let wanted = self.wanted.clone();
+                            if let Some(meta) = self.slots.get_mut(&backend) {
+                                sync_state(meta, &wanted);
+                            }
+                        }
+                        LaneStep::ClientBegin(_) => {
+                            self.tx_backend = Some(backend);
+                            self.in_transaction = true;
+                        }
+                        LaneStep::Part(i) => run.results[i] = Some(result),
+                        LaneStep::Begin | LaneStep::End(_) => {}
+                    }
+                }
+                self.scatter_advance(&mut run, backend);
+            }
+        }
+        self.phase = Phase::Command(Busy::Scatter(run));
+        self.arm_deadline(now);
+        self.scatter_maybe_finish(now);
+    }
+
+    fn scatter_lane_failed(
+        &mut self,
+        now: Instant,
+        backend: BackendId,
+        code: u16,
+        msg: String,
+        _dead: bool,
+    ) {
+        let Some(mut run) = self.take_scatter() else {
+            return;
+        };
+        if let Some(lane) = run.lanes.get_mut(&backend) {
+            lane.state = crate::scatter::LaneState::Dead;
+            lane.queue.clear();
+        }
+        run.fail(code, msg);
+        self.phase = Phase::Command(Busy::Scatter(run));
+        self.scatter_maybe_finish(now);
+    }
+
+    /// When every lane is done: COMMIT or ROLLBACK an atomic fan-out, then
+    /// answer the client.
+    fn scatter_maybe_finish(&mut self, _now: Instant) {
+        let Some(mut run) = self.take_scatter() else {
+            return;
+        };
+        if !run.all_settled() {
+            self.phase = Phase::Command(Busy::Scatter(run));
+            return;
+        }
+        if run.atomic && !run.ending {
+            run.ending = true;
+            let commit = run.failed.is_none();
+            let ids: Vec<BackendId> = run
+                .lanes
+                .iter()
+                .filter(|(_, l)| l.began && !matches!(l.state, crate::scatter::LaneState::Dead))
+                .map(|(b, _)| *b)
+                .collect();
+            for id in &ids {
+                if let Some(lane) = run.lanes.get_mut(id) {
+                    lane.queue.push_back(LaneStep::End(commit));
+                }
+                self.scatter_advance(&mut run, *id);
+            }
+            if !ids.is_empty() {
+                self.phase = Phase::Command(Busy::Scatter(run));
+                return;
+            }
+        }
+        self.phase = Phase::Command(Busy::Idle);
+        self.backend_deadline = None;
+        // Lanes were restored to the session's state, but which one ran last
+        // is not one connection: let the next statement compare.
+        self.last_backend = None;
+        let run = *run;
+        if let Some((code, message)) = run.failed {
+            self.send_err(1, code, &message);
+            self.end_statement_record();
+            return;
+        }
+        let results: Vec<merge::ShardResult> = run.results.into_iter().flatten().collect();
+        match run.plan.merge {
+            ScatterMerge::Rows(spec) => match merge::merge(&spec, results) {
+                Ok(m) => {
+                    let out = m.encode(self.client_deprecate_eof(), self.status_flags());
+                    self.out.push_back(Output::ToClient(out.freeze()));
+                }
+                Err(e) => {
+                    let msg = format!("Tessera could not merge the shard results: {e}");
+                    self.send_err(1, router::ER_ROUTING, &msg);
+                }
+            },
+            ScatterMerge::Writes { .. } => {
+                let mut affected = 0u64;
+                let mut last_id = 0u64;
+                let mut warnings = 0u16;
+                for r in &results {
+                    if let Some(ok) = &r.ok {
+                        affected += ok.affected_rows;
+                        if last_id == 0 {
+                            last_id = ok.last_insert_id;
+                        }
+                    }
+                    warnings = warnings.saturating_add(r.warnings);
+                }
+                let status = self.status_flags();
+                self.out.push_back(Output::ToClient(frame(
+                    1,
+                    &protocol::ok_payload(0, affected, last_id, status, warnings),
+                )));
+            }
+        }
+        self.end_statement_record();
     }
 
     // ------------------------------------------------------ response paths
@@ -1394,6 +2026,7 @@ impl Session {
                             };
                             self.in_transaction =
                                 status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
+                            self.tx_backend = self.in_transaction.then_some(self.active);
                             if status.contains(StatusFlags::SERVER_SESSION_STATE_CHANGED)
                                 && total > 9
                             {
@@ -1426,6 +2059,7 @@ impl Session {
                                 Prepared {
                                     sql,
                                     params,
+                                    backend: self.active,
                                     backend_id: Some(stmt_id),
                                     param_types: None,
                                     types_sent: false,
@@ -1473,7 +2107,7 @@ impl Session {
         };
         let changes = protocol::decode_state_changes(block);
         self.apply_backend_changes(&changes);
-        if let Some(meta) = self.backend.as_mut() {
+        if let Some(meta) = self.cur_mut() {
             for c in &changes {
                 match c {
                     protocol::StateChange::Schema(s) => meta.state.schema = Some(s.clone()),
@@ -1505,13 +2139,13 @@ impl Session {
         match what {
             Forwarded::InitDb { schema } if ok => {
                 self.wanted.schema = Some(schema.clone());
-                if let Some(m) = self.backend.as_mut() {
+                if let Some(m) = self.cur_mut() {
                     m.state.schema = Some(schema);
                 }
             }
             Forwarded::SetOption { multi } if ok => {
                 self.wanted.multi_statements = multi;
-                if let Some(m) = self.backend.as_mut() {
+                if let Some(m) = self.cur_mut() {
                     m.state.multi_statements = Some(multi);
                 }
             }
@@ -1528,12 +2162,12 @@ impl Session {
                     .collect();
                 self.wanted.vars = charset;
                 self.wanted.schema = keep_schema;
-                if let Some(m) = self.backend.as_mut() {
+                self.tx_backend = None;
+                if let Some(m) = self.cur_mut() {
                     m.state.after_reset();
                 }
                 // Tracking and the client's character set come back on the next statement.
-                if let Some(meta) = self.backend.take() {
-                    self.backend = Some(meta);
+                if self.cur().is_some() {
                     let plan = self.restore_plan();
                     if !plan.is_empty() {
                         self.continue_internal(self.started, plan);
@@ -1594,6 +2228,30 @@ enum InternalResult {
     Ok { changes: Vec<protocol::StateChange> },
     Err(protocol::ErrInfo),
     Prepared { stmt_id: u32 },
+}
+
+/// Marks a connection as holding the session's wanted state.
+fn sync_state(meta: &mut BackendMeta, wanted: &Wanted) {
+    meta.state.tracking = true;
+    meta.state.multi_statements = Some(wanted.multi_statements);
+    if wanted.schema.is_some() {
+        meta.state.schema = wanted.schema.clone();
+    }
+    for (k, v) in &wanted.vars {
+        meta.state.vars.insert(k.clone(), v.clone());
+    }
+}
+
+/// A COM_QUERY packet carrying rewritten SQL.
+fn query_packet(sql: &str) -> Packet {
+    let mut payload = Vec::with_capacity(sql.len() + 1);
+    payload.push(cmd::QUERY);
+    payload.extend_from_slice(sql.as_bytes());
+    Packet {
+        seq: 0,
+        last_seq: 0,
+        payload: Bytes::from(payload),
+    }
 }
 
 /// The client's command re-framed for the backend (seq 0, split if large).
@@ -1734,7 +2392,7 @@ mod tests {
             i += 1;
             buf.extend_from_slice(&wire[pos..pos + n]);
             pos += n;
-            s.handle_backend_data(now, &mut buf);
+            s.handle_backend_data(now, testing::PRIMARY, &mut buf);
             client.extend(drain(s).to_client);
         }
         client
@@ -1784,11 +2442,11 @@ mod tests {
         let mut ok = vec![0u8];
         ok.extend_from_slice(&5u32.to_le_bytes());
         ok.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
-        s.handle_backend_data(now, &mut framed(1, &ok));
+        s.handle_backend_data(now, testing::PRIMARY, &mut framed(1, &ok));
         let out = drain(&mut s).to_client;
         let id = u32::from_le_bytes([out[5], out[6], out[7], out[8]]);
         // The backend connection dies; the next execute re-prepares on a new one.
-        s.handle_backend_closed(now, "test");
+        s.handle_backend_closed(now, testing::PRIMARY, "test");
         drain(&mut s);
         let mut exec = vec![cmd::STMT_EXECUTE];
         exec.extend_from_slice(&id.to_le_bytes());
@@ -1798,7 +2456,11 @@ mod tests {
         let sent = attach_and_restore(&mut s, now, caps);
         assert_eq!(sent.get(4), Some(&cmd::STMT_PREPARE));
         // A plain OK is not a STMT_OK: the client gets an error, no retry loop.
-        s.handle_backend_data(now, &mut BytesMut::from(&testing::ok_reply()[..]));
+        s.handle_backend_data(
+            now,
+            testing::PRIMARY,
+            &mut BytesMut::from(&testing::ok_reply()[..]),
+        );
         let d = drain(&mut s);
         assert_eq!(d.to_client.get(4), Some(&0xff));
         assert!(d.to_backend.is_empty());
@@ -1839,7 +2501,7 @@ mod tests {
                 if d.acquire {
                     attach_and_restore(&mut s, now, client_caps());
                 }
-                s.handle_backend_data(now, &mut BytesMut::from(&reply[..]));
+                s.handle_backend_data(now, testing::PRIMARY, &mut BytesMut::from(&reply[..]));
                 let d = drain(&mut s);
                 if d.closed || s.is_closed() {
                     break;

@@ -17,7 +17,9 @@ use crate::auth::{AuthMethod, PasswordHashes, Sha2Cache};
 use crate::backend::{BackendMeta, ConnState};
 use crate::config::User;
 use crate::protocol::{self, CapabilityFlags, StatusFlags};
+use crate::router::Router;
 use crate::session::{Output, Session, SessionContext};
+use crate::topology::{Backend, BackendId, Role, Topology};
 
 pub const USER: &str = "app";
 pub const PASSWORD: &str = "pw";
@@ -41,7 +43,26 @@ pub fn context(max_allowed_packet: usize) -> Arc<SessionContext> {
         max_allowed_packet,
         record_statements: false,
         backend_read_timeout: None,
+        router: single_node_router(),
+        merge_limit: 64 << 20,
     })
+}
+
+/// The backend a single-node context routes everything to.
+pub const PRIMARY: BackendId = BackendId(0);
+
+/// A router for one node with one primary and no sharding.
+pub fn single_node_router() -> Arc<Router> {
+    let primary = Backend {
+        addr: "127.0.0.1:3306".into(),
+        node: 0,
+        role: Role::Primary,
+        weight: 0,
+        user: "root".into(),
+        password: String::new(),
+    };
+    let topology = Topology::new(vec![("node1".into(), primary, vec![], false)], 0);
+    Arc::new(Router::single(Arc::new(topology)))
 }
 
 /// Client capabilities of a typical modern client.
@@ -71,8 +92,8 @@ pub fn drain(session: &mut Session) -> Drained {
     while let Some(o) = session.poll_output() {
         match o {
             Output::ToClient(b) => d.to_client.extend_from_slice(&b),
-            Output::ToBackend(b) => d.to_backend.extend_from_slice(&b),
-            Output::AcquireBackend => d.acquire = true,
+            Output::ToBackend(_, b) => d.to_backend.extend_from_slice(&b),
+            Output::AcquireBackend(_) => d.acquire = true,
             Output::Close => d.closed = true,
             _ => {}
         }
@@ -149,7 +170,7 @@ pub fn ok_reply() -> Vec<u8> {
 /// command with OK until the client's own command reaches the backend.
 /// Returns the bytes of that command.
 pub fn attach_and_restore(s: &mut Session, now: Instant, caps: CapabilityFlags) -> Vec<u8> {
-    s.handle_backend_attached(now, backend_meta(caps));
+    s.handle_backend_attached(now, PRIMARY, backend_meta(caps));
     for _ in 0..8 {
         let d = drain(s);
         if d.to_backend.is_empty() {
@@ -164,7 +185,7 @@ pub fn attach_and_restore(s: &mut Session, now: Instant, caps: CapabilityFlags) 
             return d.to_backend;
         }
         let mut reply = BytesMut::from(&ok_reply()[..]);
-        s.handle_backend_data(now, &mut reply);
+        s.handle_backend_data(now, PRIMARY, &mut reply);
     }
     Vec::new()
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use tessera_core::backend::BackendLogin;
+use tessera_core::testing::PRIMARY;
 use tessera_core::protocol::{self, FrameReader};
 use tessera_core::testing::{attach_and_restore, backend_meta, client_caps, drain, logged_in};
 
@@ -45,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
     if drain(&mut s).acquire {
         if selector & 0x80 != 0 {
             // Garbage while restoring the session state.
-            s.handle_backend_attached(now, backend_meta(client_caps()));
+            s.handle_backend_attached(now, PRIMARY, backend_meta(client_caps()));
             drain(&mut s);
         } else {
             attach_and_restore(&mut s, now, client_caps());
@@ -54,9 +55,9 @@ fuzz_target!(|data: &[u8]| {
     let mut buf = BytesMut::new();
     for chunk in rest.chunks(29) {
         buf.extend_from_slice(chunk);
-        s.handle_backend_data(now, &mut buf);
+        s.handle_backend_data(now, PRIMARY, &mut buf);
         drain(&mut s);
     }
-    s.handle_backend_closed(now, "fuzz");
+    s.handle_backend_closed(now, PRIMARY, "fuzz");
     drain(&mut s);
 });

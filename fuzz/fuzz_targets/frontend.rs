@@ -10,6 +10,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use tessera_core::protocol::{self, StatusFlags};
+use tessera_core::testing::PRIMARY;
 use tessera_core::testing::{attach_and_restore, client_caps, context, drain, logged_in};
 use tessera_core::Session;
 
@@ -80,12 +81,12 @@ fuzz_target!(|data: &[u8]| {
                 StatusFlags::empty(),
             );
             let mut half = BytesMut::from(&wire[..wire.len() / 2]);
-            s.handle_backend_data(now, &mut half);
+            s.handle_backend_data(now, PRIMARY, &mut half);
             // Rows stream as they arrive, so only the whole output is framed.
             let mut out = drain(&mut s).to_client;
             feed_chunks(&mut s, now, rest);
             let mut tail = BytesMut::from(&wire[wire.len() / 2..]);
-            s.handle_backend_data(now, &mut tail);
+            s.handle_backend_data(now, PRIMARY, &mut tail);
             out.extend(drain(&mut s).to_client);
             check_framed(&out);
         }

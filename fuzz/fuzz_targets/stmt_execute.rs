@@ -9,6 +9,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use tessera_core::protocol::{self, StatusFlags};
+use tessera_core::testing::PRIMARY;
 use tessera_core::testing::{attach_and_restore, client_caps, drain, logged_in};
 
 fuzz_target!(|data: &[u8]| {
@@ -39,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
             b"\x03def\x00\x00\x00\x01?\x00\x0c\x3f\x00\x00\x00\x00\x00\xfd\x80\x00\x00\x00\x00",
         );
     }
-    s.handle_backend_data(now, &mut wire);
+    s.handle_backend_data(now, PRIMARY, &mut wire);
     let out = drain(&mut s).to_client;
     let Some(client_id) = out
         .get(5..9)
@@ -48,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if reconnect {
-        s.handle_backend_closed(now, "fuzz");
+        s.handle_backend_closed(now, PRIMARY, "fuzz");
         drain(&mut s);
     }
     for chunk in data[2..].split(|&b| b == 0xa5) {
@@ -73,7 +74,7 @@ fuzz_target!(|data: &[u8]| {
             1,
             &protocol::ok_payload(0, 0, 0, StatusFlags::empty(), 0),
         );
-        s.handle_backend_data(now, &mut ok);
+        s.handle_backend_data(now, PRIMARY, &mut ok);
         drain(&mut s);
         if s.is_closed() {
             return;

@@ -53,14 +53,49 @@ pub fn start_backends(
         }
         shards.push(Shard { primary, replicas });
     }
+    if shards.len() > 1 {
+        create_example_tables(&shards)?;
+    }
+    let text = config_text(opts, &shards);
+    std::fs::write(dir.join("tessera.toml"), &text)?;
+    let config = Config::from_toml(&text).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok((shards, config))
+}
+
+/// Sub-tables of the example sharded table per node.
+pub const EXAMPLE_SUB_TABLES_PER_NODE: usize = 4;
+
+/// The example sharded table's columns (`stu`, sharded by `id`).
+pub const EXAMPLE_TABLE_COLUMNS: &str =
+    "id BIGINT PRIMARY KEY, name VARCHAR(64), score INT, amount DECIMAL(10,2), cc CHAR(2)";
+
+/// The example broadcast table's columns (`countries`).
+pub const EXAMPLE_BROADCAST_COLUMNS: &str = "code CHAR(2) PRIMARY KEY, name VARCHAR(64)";
+
+/// Creates `stu_0000…` on the primaries that hold them and `countries` on
+/// every primary (replicas receive them by replication).
+fn create_example_tables(shards: &[Shard]) -> std::io::Result<()> {
+    for (node, shard) in shards.iter().enumerate() {
+        let mut sql = String::new();
+        for k in 0..EXAMPLE_SUB_TABLES_PER_NODE {
+            let idx = node * EXAMPLE_SUB_TABLES_PER_NODE + k;
+            sql.push_str(&format!(
+                "CREATE TABLE IF NOT EXISTS `{DATABASE}`.stu_{idx:04} ({EXAMPLE_TABLE_COLUMNS});"
+            ));
+        }
+        sql.push_str(&format!(
+            "CREATE TABLE IF NOT EXISTS `{DATABASE}`.countries ({EXAMPLE_BROADCAST_COLUMNS});"
+        ));
+        shard.primary.sql(&sql)?;
+    }
+    Ok(())
+}
+
+/// The proxy's config for the started servers. The proxy runs beside its
+/// backends, so it reaches primaries over their Unix sockets.
+pub fn config_text(opts: &PlaygroundOptions, shards: &[Shard]) -> String {
     let hashes = PasswordHashes::from_password(PASSWORD);
-    let first = &shards[0];
-    let replicas: Vec<String> = first
-        .replicas
-        .iter()
-        .map(|r| format!("\"{}\"", r.addr()))
-        .collect();
-    let text = format!(
+    let mut text = format!(
         r#"# Written by `tessera playground`.
 listen = "127.0.0.1:{port}"
 allow = ["127.0.0.0/8", "::1/128"]
@@ -70,27 +105,53 @@ name = "{USER}"
 password_native = "{native}"
 password_sha2 = "{sha2}"
 
-# The proxy runs beside its backends, so it reaches the primary over its
-# Unix socket (clients may use the primary's TCP port printed as `backend:`).
-[node]
-name = "shard1"
-primary = "{primary}"
-replicas = [{replicas}]
-user = "{USER}"
-password = "{PASSWORD}"
-
 [pool]
 max_connections = 256
 "#,
         port = opts.port,
         native = hashes.native_string(),
         sha2 = hashes.sha2_string(),
-        primary = first.primary.socket_path().display(),
-        replicas = replicas.join(", "),
     );
-    std::fs::write(dir.join("tessera.toml"), &text)?;
-    let config = Config::from_toml(&text).map_err(|e| std::io::Error::other(e.to_string()))?;
-    Ok((shards, config))
+    for (i, shard) in shards.iter().enumerate() {
+        let replicas: Vec<String> = shard
+            .replicas
+            .iter()
+            .map(|r| format!("\"{}\"", r.addr()))
+            .collect();
+        text.push_str(&format!(
+            r#"
+[[nodes]]
+name = "shard{n}"
+primary = "{primary}"
+replicas = [{replicas}]
+user = "{USER}"
+password = "{PASSWORD}"
+"#,
+            n = i + 1,
+            primary = shard.primary.socket_path().display(),
+            replicas = replicas.join(", "),
+        ));
+    }
+    if shards.len() > 1 {
+        let locations = vec![EXAMPLE_SUB_TABLES_PER_NODE.to_string(); shards.len()].join(", ");
+        text.push_str(&format!(
+            r#"
+# The example: `stu` is split by `id` into stu_0000… ({per} per node);
+# `countries` has a full copy on every node.
+[schema]
+default_node = "shard1"
+broadcast = ["countries"]
+
+[[schema.tables]]
+name = "stu"
+key = "id"
+function = "hash"
+locations = [{locations}]
+"#,
+            per = EXAMPLE_SUB_TABLES_PER_NODE,
+        ));
+    }
+    text
 }
 
 /// Runs the playground until SIGINT/SIGTERM.
@@ -103,7 +164,8 @@ pub async fn run(opts: PlaygroundOptions) -> Result<(), String> {
     eprintln!("starting MariaDB servers in {} ...", dir.display());
     let (shards, config) = start_backends(&opts, &dir).map_err(|e| e.to_string())?;
     if opts.shards > 1 {
-        eprintln!("note: sharding arrives with the router; the proxy serves shard 1, the other shards run for experiments");
+        eprintln!("example: `stu` (id, name, score, amount, cc) is sharded by id over every shard; `countries` (code, name) is a broadcast table");
+        eprintln!("try: INSERT INTO stu (id, name) VALUES (1,'a'),(2,'b'),(3,'c'); SELECT COUNT(*) FROM stu; TESSERA EXPLAIN SELECT * FROM stu WHERE id = 2;");
     }
     let proxy = crate::proxy::start(&config)
         .await

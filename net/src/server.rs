@@ -1,16 +1,21 @@
 //! The proxy server: accept loop with the allowlist and connection limit, and
 //! one task per client that drives a core [`Session`] over real sockets.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tessera_core::auth::{RsaKey, Sha2Cache};
 use tessera_core::config::{Cidr, Config, ConfigError};
 use tessera_core::protocol::{code, err_payload, sql_state_for, write_packet};
+use tessera_core::router::Router;
+use tessera_core::topology::{BackendId, Role, Topology};
 use tessera_core::{Output, Session, SessionContext};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
@@ -37,7 +42,11 @@ struct SessionHandle {
 /// State shared by all client tasks.
 pub struct Shared<C: Connector> {
     pub ctx: Arc<SessionContext>,
+    /// The default node's primary pool (KILL, version probe).
     pub pool: Pool<C>,
+    /// One pool per backend, indexed by [`BackendId`].
+    pub pools: Vec<Pool<C>>,
+    pub topology: Arc<Topology>,
     allow: Vec<Cidr>,
     max_clients: usize,
     clients: AtomicUsize,
@@ -79,16 +88,21 @@ pub async fn build_shared_seeded<C: Connector>(
         None => rand::rngs::StdRng::from_entropy(),
     };
     let v = config.validate()?;
-    let primary = v
+    let pools: Vec<Pool<C>> = v
         .topology
-        .backend(v.topology.primary(v.topology.default_node));
-    let pool = Pool::new(
-        connector,
-        &primary.addr,
-        &primary.user,
-        &primary.password,
-        config.pool.clone(),
-    );
+        .backends
+        .iter()
+        .map(|b| {
+            Pool::new(
+                connector.clone(),
+                &b.addr,
+                &b.user,
+                &b.password,
+                config.pool.clone(),
+            )
+        })
+        .collect();
+    let pool = pools[v.topology.primary(v.topology.default_node).0 as usize].clone();
     let server_version = match &config.server_version {
         Some(s) => s.clone(),
         None => match pool.probe_version().await {
@@ -129,10 +143,14 @@ pub async fn build_shared_seeded<C: Connector>(
         record_statements: logger.is_some(),
         backend_read_timeout: (config.backend_read_timeout_ms > 0)
             .then(|| Duration::from_millis(config.backend_read_timeout_ms)),
+        router: Arc::new(Router::new(v.topology.clone(), v.schema, v.blacklist)),
+        merge_limit: config.max_merge_bytes,
     };
     Ok(Arc::new(Shared {
         ctx: Arc::new(ctx),
         pool,
+        pools,
+        topology: v.topology,
         allow: v.allow,
         max_clients: config.max_client_connections,
         clients: AtomicUsize::new(0),
@@ -156,7 +174,15 @@ pub async fn serve<L: Listener, C: Connector>(
     L::Stream: Stream,
 {
     let mut tasks = JoinSet::new();
-    tokio::spawn(shared.pool.clone().maintain());
+    for p in &shared.pools {
+        tokio::spawn(p.clone().maintain());
+    }
+    for (i, b) in shared.topology.backends.iter().enumerate() {
+        if b.role == Role::Replica {
+            let id = BackendId(i as u16);
+            tokio::spawn(watch_replica(shared.clone(), id));
+        }
+    }
     loop {
         // `biased`: the same branch order every time keeps simulations reproducible.
         tokio::select! {
@@ -200,6 +226,22 @@ pub async fn serve<L: Listener, C: Connector>(
         }
     }
 }
+
+/// Marks a replica down while it cannot be reached, so reads skip it.
+async fn watch_replica<C: Connector>(shared: Arc<Shared<C>>, id: BackendId) {
+    let pool = shared.pools[id.0 as usize].clone();
+    loop {
+        let up = pool.run_once("SELECT 1").await.is_ok();
+        if up != shared.topology.is_up(id) {
+            tracing::warn!(backend = pool.addr(), up, "replica health changed");
+        }
+        shared.topology.set_up(id, up);
+        tokio::time::sleep(Duration::from_millis(HEALTH_INTERVAL_MS)).await;
+    }
+}
+
+/// How often replicas are checked.
+const HEALTH_INTERVAL_MS: u64 = 2000;
 
 /// Refuses a client before the handshake with an ERR packet (seq 0).
 async fn refuse<S: Stream>(mut stream: S, code: u16, message: &str) {
@@ -248,7 +290,7 @@ async fn admit<S: Stream, C: Connector>(
     let mut driver = ClientDriver {
         shared: shared.clone(),
         client: stream,
-        backend: None,
+        backends: BTreeMap::new(),
         id,
         backend_thread: handle_thread,
         kill,
@@ -257,8 +299,8 @@ async fn admit<S: Stream, C: Connector>(
     if let Err(e) = driver.run(peer).await {
         tracing::debug!(%peer, id, error = %e, "client connection ended with an error");
     }
-    if let Some(conn) = driver.backend.take() {
-        shared.pool.release(conn, false);
+    for (id, conn) in std::mem::take(&mut driver.backends) {
+        shared.pools[id.0 as usize].release(conn, false);
     }
     if let Ok(mut s) = shared.sessions.lock() {
         s.remove(&id);
@@ -280,7 +322,8 @@ fn now() -> std::time::Instant {
 struct ClientDriver<S: Stream, C: Connector> {
     shared: Arc<Shared<C>>,
     client: S,
-    backend: Option<BackendConn<C::Stream>>,
+    /// Connections the session holds, one per backend.
+    backends: BTreeMap<BackendId, BackendConn<C::Stream>>,
     id: u32,
     backend_thread: Arc<AtomicU32>,
     kill: Arc<Notify>,
@@ -289,7 +332,7 @@ struct ClientDriver<S: Stream, C: Connector> {
 
 enum Event {
     Client(std::io::Result<usize>),
-    Backend(std::io::Result<usize>),
+    Backend(BackendId, std::io::Result<usize>),
     Timeout,
     Killed,
     Shutdown,
@@ -301,7 +344,6 @@ impl<S: Stream, C: Connector> ClientDriver<S, C> {
         let nonce = self.shared.nonce();
         let mut session = Session::new(self.shared.ctx.clone(), self.id, peer.ip(), nonce, now());
         let mut client_buf = BytesMut::with_capacity(16 * 1024);
-        let mut backend_buf = BytesMut::with_capacity(64 * 1024);
         let mut registered_user = false;
         let mut shutdown_closed = false;
         loop {
@@ -342,17 +384,11 @@ impl<S: Stream, C: Connector> ClientDriver<S, C> {
             let read_client = session.wants_client_data() || client_buf.len() < CLIENT_BUFFER_LIMIT;
             let event = {
                 let client = &mut self.client;
-                let backend = self.backend.as_mut();
-                let has_backend = backend.is_some();
-                let backend_read = async {
-                    match backend {
-                        Some(b) => b.stream.read_buf(&mut backend_buf).await,
-                        None => std::future::pending().await,
-                    }
-                };
+                let has_backend = !self.backends.is_empty();
+                let backend_read = read_any(&mut self.backends);
                 tokio::select! {
                     biased;
-                    r = backend_read, if has_backend => Event::Backend(r),
+                    (id, r) = backend_read, if has_backend => Event::Backend(id, r),
                     r = client.read_buf(&mut client_buf), if read_client => Event::Client(r),
                     _ = sleep_until_opt(deadline), if deadline.is_some() => Event::Timeout,
                     _ = sleep_until_opt(idle_deadline), if idle_deadline.is_some() => Event::ClientIdle,
@@ -364,11 +400,17 @@ impl<S: Stream, C: Connector> ClientDriver<S, C> {
                 }
             };
             match event {
-                Event::Backend(Ok(0)) => {
-                    session.handle_backend_closed(now(), "backend closed the connection")
+                Event::Backend(id, Ok(0)) => {
+                    session.handle_backend_closed(now(), id, "backend closed the connection")
                 }
-                Event::Backend(Err(e)) => session.handle_backend_closed(now(), &e.to_string()),
-                Event::Backend(Ok(_)) => session.handle_backend_data(now(), &mut backend_buf),
+                Event::Backend(id, Err(e)) => {
+                    session.handle_backend_closed(now(), id, &e.to_string())
+                }
+                Event::Backend(id, Ok(_)) => {
+                    if let Some(conn) = self.backends.get_mut(&id) {
+                        session.handle_backend_data(now(), id, &mut conn.buf);
+                    }
+                }
                 Event::Client(Ok(0)) | Event::Client(Err(_)) => {
                     session.handle_client_closed(now());
                     self.drain(&mut session).await?;
@@ -382,11 +424,13 @@ impl<S: Stream, C: Connector> ClientDriver<S, C> {
                     return Ok(());
                 }
                 Event::Killed => {
-                    if let Some(b) = &self.backend {
-                        let thread = b.meta.thread_id;
-                        let _ = self
-                            .shared
-                            .pool
+                    let threads: Vec<(BackendId, u32)> = self
+                        .backends
+                        .iter()
+                        .map(|(id, b)| (*id, b.meta.thread_id))
+                        .collect();
+                    for (id, thread) in threads {
+                        let _ = self.shared.pools[id.0 as usize]
                             .run_once(&format!("KILL QUERY {thread}"))
                             .await;
                     }
@@ -405,43 +449,44 @@ impl<S: Stream, C: Connector> ClientDriver<S, C> {
         while let Some(out) = session.poll_output() {
             match out {
                 Output::ToClient(b) => client_out.push(b),
-                Output::ToBackend(b) => {
+                Output::ToBackend(id, b) => {
                     self.flush_client(&mut client_out).await?;
-                    let failed = match self.backend.as_mut() {
+                    let failed = match self.backends.get_mut(&id) {
                         Some(conn) => conn.stream.write_all(&b).await.err(),
                         None => None,
                     };
                     if let Some(e) = failed {
-                        session.handle_backend_closed(now(), &e.to_string());
+                        session.handle_backend_closed(now(), id, &e.to_string());
                     }
                 }
-                Output::AcquireBackend => {
+                Output::AcquireBackend(id) => {
                     self.flush_client(&mut client_out).await?;
-                    match self
-                        .shared
-                        .pool
-                        .acquire(session.client_capabilities())
-                        .await
-                    {
+                    let pool = &self.shared.pools[id.0 as usize];
+                    match pool.acquire(session.client_capabilities()).await {
                         Ok(conn) => {
-                            self.backend_thread
-                                .store(conn.meta.thread_id, Ordering::Relaxed);
                             let meta = conn.meta.clone();
-                            self.backend = Some(conn);
-                            session.handle_backend_attached(now(), meta);
+                            self.backends.insert(id, conn);
+                            session.handle_backend_attached(now(), id, meta);
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "no backend connection");
-                            session.handle_backend_unavailable(now(), &e.to_string());
+                            session.handle_backend_unavailable(now(), id, &e.to_string());
                         }
                     }
+                    self.backend_thread
+                        .store(session.backend_thread_id().unwrap_or(0), Ordering::Relaxed);
                 }
-                Output::ReleaseBackend { meta, reusable } => {
-                    if let Some(mut conn) = self.backend.take() {
-                        self.backend_thread.store(0, Ordering::Relaxed);
+                Output::ReleaseBackend {
+                    backend,
+                    meta,
+                    reusable,
+                } => {
+                    if let Some(mut conn) = self.backends.remove(&backend) {
                         conn.meta = meta;
-                        self.shared.pool.release(conn, reusable);
+                        self.shared.pools[backend.0 as usize].release(conn, reusable);
                     }
+                    self.backend_thread
+                        .store(session.backend_thread_id().unwrap_or(0), Ordering::Relaxed);
                 }
                 Output::Kill {
                     connection_id,
@@ -519,6 +564,23 @@ impl<S: Stream, C: Connector> ClientDriver<S, C> {
         }
         Ok(())
     }
+}
+
+/// Reads from whichever held backend connection has bytes first (in
+/// backend order, so simulations stay reproducible).
+async fn read_any<S: crate::transport::Stream>(
+    conns: &mut BTreeMap<BackendId, BackendConn<S>>,
+) -> (BackendId, std::io::Result<usize>) {
+    std::future::poll_fn(|cx| {
+        for (id, conn) in conns.iter_mut() {
+            let read = pin!(conn.stream.read_buf(&mut conn.buf));
+            if let Poll::Ready(r) = read.poll(cx) {
+                return Poll::Ready((*id, r));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -21,7 +21,7 @@ pub trait Listener: Send + 'static {
 }
 
 /// Opens connections to backends.
-pub trait Connector: Send + Sync + 'static {
+pub trait Connector: Clone + Send + Sync + 'static {
     type Stream: Stream;
     fn connect(&self, addr: &str) -> impl Future<Output = io::Result<Self::Stream>> + Send;
 }
