@@ -38,7 +38,7 @@ pub enum LaneState {
     /// A step was sent; its answer is being read.
     Running {
         step: LaneStep,
-        collector: Collector,
+        collector: Box<Collector>,
     },
     /// Nothing to send now.
     Idle,

@@ -1826,7 +1826,7 @@ impl Session {
         };
         lane.state = LaneState::Running {
             step,
-            collector: merge::Collector::new(deprecate, self.ctx.merge_limit),
+            collector: Box::new(merge::Collector::new(deprecate, self.ctx.merge_limit)),
         };
         self.out.push_back(Output::ToBackend(backend, bytes));
     }
@@ -1868,7 +1868,7 @@ impl Session {
                 else {
                     unreachable!("matched above");
                 };
-                let result = collector.take();
+                let result = (*collector).take();
                 if let Some(err) = &result.err {
                     run.fail(err.code, err.message.clone());
                 } else {

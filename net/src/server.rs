@@ -231,7 +231,7 @@ pub async fn serve<L: Listener, C: Connector>(
 async fn watch_replica<C: Connector>(shared: Arc<Shared<C>>, id: BackendId) {
     let pool = shared.pools[id.0 as usize].clone();
     loop {
-        let up = pool.run_once("SELECT 1").await.is_ok();
+        let up = pool.run_once("DO 1").await.is_ok();
         if up != shared.topology.is_up(id) {
             tracing::warn!(backend = pool.addr(), up, "replica health changed");
         }
