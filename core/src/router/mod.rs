@@ -165,10 +165,12 @@ impl Router {
                 message: why,
             };
         }
-        let access = keyword_access(word, body);
+        // Lower-cased once: the keyword checks and the table-name scan share it.
+        let lower = body.to_ascii_lowercase();
+        let access = keyword_access(word, &lower);
         let default_node = hints.node.unwrap_or(self.schema.default_node);
         let simple = |access: Access| match access {
-            _ if hints.node.is_none() && is_session_bound(word, body) => Plan::Sticky,
+            _ if hints.node.is_none() && is_session_bound(word, &lower) => Plan::Sticky,
             Access::Read if hints.primary => Plan::Single {
                 node: default_node,
                 access: Access::Write,
@@ -182,7 +184,7 @@ impl Router {
         };
         let checks_writes = self.blacklist.checks_unfiltered_writes()
             && (word.eq_ignore_ascii_case("update") || word.eq_ignore_ascii_case("delete"));
-        if hints.node.is_some() || (!checks_writes && !self.mentions_watched(body)) {
+        if hints.node.is_some() || (!checks_writes && !self.mentions_watched(&lower)) {
             return simple(access);
         }
         let (parse_text, lock_suffix) = split_lock_in_share_mode(sql);
@@ -192,7 +194,7 @@ impl Router {
             Err(_) => return simple(access),
         };
         if statements.len() != 1 {
-            if self.mentions_watched(body) {
+            if self.mentions_watched(&lower) {
                 return refuse(
                     "Multi-statement queries over sharded or broadcast tables are not supported; send the statements one by one",
                 );
@@ -261,11 +263,11 @@ impl Router {
         }
     }
 
-    fn mentions_watched(&self, body: &str) -> bool {
+    /// `lower`: the statement in lower case.
+    fn mentions_watched(&self, lower: &str) -> bool {
         if self.watched.is_empty() {
             return false;
         }
-        let lower = body.to_ascii_lowercase();
         self.watched.iter().any(|w| lower.contains(w.as_str()))
     }
 
@@ -319,11 +321,11 @@ fn second_word(s: &str) -> &str {
 
 /// Read or write from the statement's first word: SELECT-like statements
 /// read unless they lock rows.
-fn keyword_access(word: &str, body: &str) -> Access {
+/// `lower`: the statement in lower case.
+fn keyword_access(word: &str, lower: &str) -> Access {
     let w = word.to_ascii_lowercase();
     match w.as_str() {
         "select" | "with" | "values" | "table" => {
-            let lower = body.to_ascii_lowercase();
             if lower.contains(" for update")
                 || lower.contains(" for share")
                 || lower.contains("lock in share mode")
@@ -339,13 +341,13 @@ fn keyword_access(word: &str, body: &str) -> Access {
 }
 
 /// Statements whose answer depends on the connection they run on.
-fn is_session_bound(word: &str, body: &str) -> bool {
+/// `lower`: the statement in lower case.
+fn is_session_bound(word: &str, lower: &str) -> bool {
     let w = word.to_ascii_lowercase();
     match w.as_str() {
         "show" | "set" | "use" | "do" | "prepare" | "execute" | "deallocate" | "savepoint"
         | "release" | "rollback" | "lock" | "unlock" | "xa" | "help" => true,
         "select" | "with" | "values" => {
-            let lower = body.to_ascii_lowercase();
             const BOUND: &[&str] = &[
                 "last_insert_id",
                 "found_rows",
@@ -360,7 +362,7 @@ fn is_session_bound(word: &str, body: &str) -> bool {
                 "@@identity",
                 "@@last_insert_id",
             ];
-            BOUND.iter().any(|b| lower.contains(b)) || has_user_variable(&lower)
+            BOUND.iter().any(|b| lower.contains(b)) || has_user_variable(lower)
         }
         _ => false,
     }
