@@ -66,6 +66,24 @@ fn routing(c: &mut Criterion) {
     ] {
         g.bench_function(name, |b| b.iter(|| black_box(r.route(black_box(sql)))));
     }
+    // The hot path as sysbench drives it: one shape, a different key each time,
+    // through the plan cache and, for comparison, parsed every time.
+    let texts: Vec<String> = (0..1024)
+        .map(|i| format!("SELECT c FROM sbtest1 WHERE id={}", i * 7919 % 10000))
+        .collect();
+    let mut i = 0;
+    g.bench_function("sharded_point_select_varying_key", |b| {
+        b.iter(|| {
+            i = (i + 1) % texts.len();
+            black_box(r.route(black_box(&texts[i])))
+        })
+    });
+    g.bench_function("sharded_point_select_varying_key_uncached", |b| {
+        b.iter(|| {
+            i = (i + 1) % texts.len();
+            black_box(r.route_uncached(black_box(&texts[i])))
+        })
+    });
     g.finish();
 }
 

@@ -9,13 +9,15 @@ use sqlparser::ast::{
 
 use crate::shard::{IndexSet, Literal, ShardedTable};
 
-use super::text::{Edits, LineIndex};
+use super::text::{Edits, Source};
 use super::{quoted, table_ident, Router};
 
-/// A literal value of an expression, when it is one.
-pub fn literal(e: &Expr) -> Option<Literal> {
+/// A literal value of an expression, when it is one; a `?` takes the value
+/// `src` binds it to.
+pub fn literal(e: &Expr, src: &Source) -> Option<Literal> {
     match e {
         Expr::Value(v) => match &v.value {
+            Value::Placeholder(_) => src.placeholder(v.span.start).cloned(),
             Value::Number(n, _) => Some(Literal::Number(n.clone())),
             Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => {
                 Some(Literal::Str(s.clone()))
@@ -27,7 +29,7 @@ pub fn literal(e: &Expr) -> Option<Literal> {
         Expr::UnaryOp {
             op: UnaryOperator::Minus,
             expr,
-        } => match literal(expr)? {
+        } => match literal(expr, src)? {
             Literal::Number(n) => Some(Literal::Number(match n.strip_prefix('-') {
                 Some(pos) => pos.to_string(),
                 None => format!("-{n}"),
@@ -37,8 +39,8 @@ pub fn literal(e: &Expr) -> Option<Literal> {
         Expr::UnaryOp {
             op: UnaryOperator::Plus,
             expr,
-        } => literal(expr),
-        Expr::Nested(e) => literal(e),
+        } => literal(expr, src),
+        Expr::Nested(e) => literal(e, src),
         Expr::TypedString(ts) => match &ts.value.value {
             Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => {
                 Some(Literal::Str(s.clone()))
@@ -53,6 +55,8 @@ pub fn literal(e: &Expr) -> Option<Literal> {
 pub struct KeyColumn<'a> {
     pub table: &'a ShardedTable,
     pub qualifiers: Vec<String>,
+    /// Where `?` placeholders get their values.
+    pub src: &'a Source<'a>,
 }
 
 impl KeyColumn<'_> {
@@ -131,7 +135,7 @@ impl KeyColumn<'_> {
             } if self.is_key(expr) => {
                 let mut set = IndexSet::empty(n);
                 for item in list {
-                    set.union(&one(&literal(item)?));
+                    set.union(&one(&literal(item, self.src)?));
                 }
                 Some(set)
             }
@@ -141,7 +145,7 @@ impl KeyColumn<'_> {
                 low,
                 high,
             } if self.is_key(expr) => {
-                let (lo, hi) = (literal(low)?, literal(high)?);
+                let (lo, hi) = (literal(low, self.src)?, literal(high, self.src)?);
                 self.table
                     .locate_range(Bound::Included(&lo), Bound::Included(&hi))
             }
@@ -152,9 +156,9 @@ impl KeyColumn<'_> {
     /// `key = literal` either way round: (whether the key is on the left, the literal).
     fn key_and_literal(&self, left: &Expr, right: &Expr) -> Option<(bool, Literal)> {
         if self.is_key(left) {
-            Some((true, literal(right)?))
+            Some((true, literal(right, self.src)?))
         } else if self.is_key(right) {
-            Some((false, literal(left)?))
+            Some((false, literal(left, self.src)?))
         } else {
             None
         }
@@ -220,7 +224,7 @@ pub fn table_uses<'a>(
 /// qualified columns (`stu.id`) and result metadata keep working.
 pub fn rename_use(
     edits: &mut Edits,
-    index: &LineIndex,
+    index: &Source,
     use_: &TableUse,
     sub_table: &str,
     alias: bool,

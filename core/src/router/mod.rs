@@ -7,6 +7,7 @@
 //! split reads from writes, and the client's text goes out untouched.
 
 mod blacklist;
+pub mod cache;
 mod keys;
 mod select;
 pub mod text;
@@ -19,6 +20,8 @@ use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
 
 pub use blacklist::{fingerprint, Blacklist};
+pub use cache::{PlanCache, Shape};
+pub use text::Source;
 
 use crate::merge::MergeSpec;
 use crate::shard::Schema;
@@ -109,6 +112,8 @@ pub struct Router {
     /// Lower-case names of sharded and broadcast tables: a statement that
     /// mentions none of them needs no parse.
     watched: Vec<String>,
+    /// Parsed statement shapes, shared by every session.
+    pub cache: Arc<PlanCache>,
 }
 
 impl Router {
@@ -121,6 +126,7 @@ impl Router {
             schema,
             blacklist,
             watched,
+            cache: Arc::new(PlanCache::default()),
         }
     }
 
@@ -139,6 +145,16 @@ impl Router {
 
     /// Plans one COM_QUERY statement.
     pub fn route(&self, sql: &str) -> Plan {
+        self.route_with(sql, true)
+    }
+
+    /// As [`Router::route`], always parsing the statement as sent: the
+    /// reference the plan cache is tested and measured against.
+    pub fn route_uncached(&self, sql: &str) -> Plan {
+        self.route_with(sql, false)
+    }
+
+    fn route_with(&self, sql: &str, use_cache: bool) -> Plan {
         let (hints, body) = self.hints(sql);
         let word = first_word(body);
         if word.eq_ignore_ascii_case("tessera") {
@@ -188,40 +204,37 @@ impl Router {
             return simple(access);
         }
         let (parse_text, lock_suffix) = split_lock_in_share_mode(sql);
-        let statements = match Parser::parse_sql(&MySqlDialect {}, parse_text) {
-            Ok(s) => s,
-            // Unparsed statements are still served, where they would go unsharded.
-            Err(_) => return simple(access),
-        };
-        if statements.len() != 1 {
-            if self.mentions_watched(&lower) {
-                return refuse(
-                    "Multi-statement queries over sharded or broadcast tables are not supported; send the statements one by one",
-                );
-            }
-            return simple(access);
-        }
-        let stmt = &statements[0];
-        if let Some(why) = self.blacklist.check_statement(stmt) {
-            return Plan::Refuse {
-                code: ER_ROUTING,
-                message: why,
-            };
-        }
         let locking = lock_suffix.is_some() || access == Access::Write;
-        let plan = match stmt {
-            Statement::Query(q) => select::plan_query(self, parse_text, q, locking),
-            Statement::Insert(_)
-            | Statement::Update(_)
-            | Statement::Delete(_)
-            | Statement::CreateTable(_)
-            | Statement::AlterTable(_)
-            | Statement::Drop { .. }
-            | Statement::Truncate(_)
-            | Statement::CreateIndex(_) => write::plan_write(self, parse_text, stmt),
-            _ => None,
+        let cached = use_cache
+            .then(|| self.plan_from_shape(parse_text, locking))
+            .flatten();
+        let plan = match cached {
+            Some(plan) => plan,
+            None => {
+                let statements = match Parser::parse_sql(&MySqlDialect {}, parse_text) {
+                    Ok(s) => s,
+                    // Unparsed statements are still served, where they would go unsharded.
+                    Err(_) => return simple(access),
+                };
+                if statements.len() != 1 {
+                    if self.mentions_watched(&lower) {
+                        return refuse(
+                            "Multi-statement queries over sharded or broadcast tables are not supported; send the statements one by one",
+                        );
+                    }
+                    return simple(access);
+                }
+                let stmt = &statements[0];
+                if let Some(why) = self.blacklist.check_statement(stmt) {
+                    return Plan::Refuse {
+                        code: ER_ROUTING,
+                        message: why,
+                    };
+                }
+                self.plan_statement(&Source::plain(parse_text), stmt, locking)
+                    .unwrap_or_else(|| simple(access))
+            }
         };
-        let plan = plan.unwrap_or_else(|| simple(access));
         let plan = match (plan, hints.primary) {
             (
                 Plan::Single {
@@ -260,6 +273,38 @@ impl Router {
                 Plan::Scatter(s)
             }
             (p, _) => p,
+        }
+    }
+
+    /// A single-target plan from the cached parse of the statement's shape;
+    /// `None` when the statement has to be parsed as sent (no shape, a
+    /// fan-out, a refusal, anything but one target).
+    fn plan_from_shape(&self, sql: &str, locking: bool) -> Option<Plan> {
+        let shape = Shape::of(sql)?;
+        let stmt = self.cache.statement(&shape.text)?;
+        if self.blacklist.check_statement(&stmt).is_some() {
+            return None;
+        }
+        match self.plan_statement(&Source::shaped(sql, &shape), &stmt, locking)? {
+            plan @ Plan::Single { .. } => Some(plan),
+            _ => None,
+        }
+    }
+
+    /// Plans a parsed statement over sharded or broadcast tables; `None`
+    /// when it touches none of them.
+    fn plan_statement(&self, src: &Source, stmt: &Statement, locking: bool) -> Option<Plan> {
+        match stmt {
+            Statement::Query(q) => select::plan_query(self, src, q, locking),
+            Statement::Insert(_)
+            | Statement::Update(_)
+            | Statement::Delete(_)
+            | Statement::CreateTable(_)
+            | Statement::AlterTable(_)
+            | Statement::Drop { .. }
+            | Statement::Truncate(_)
+            | Statement::CreateIndex(_) => write::plan_write(self, src, stmt),
+            _ => None,
         }
     }
 

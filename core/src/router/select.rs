@@ -15,7 +15,7 @@ use crate::merge::{Agg, CmpOp, Having, MergeSpec, Operand, SortKey};
 use crate::shard::{IndexSet, ShardedTable};
 
 use super::keys::{literal, rename_use, table_uses, KeyColumn, TableUse};
-use super::text::{is_keyword, Edits, LineIndex, Tokens};
+use super::text::{is_keyword, Edits, Source, Tokens};
 use super::{refuse, table_ident, Access, Part, Plan, Router, ScatterMerge, ScatterPlan};
 
 /// Statements that name a sharded table anywhere (subqueries included).
@@ -30,7 +30,8 @@ pub fn count_sharded<V: sqlparser::ast::Visit>(router: &Router, v: &V) -> usize 
     n
 }
 
-pub fn plan_query(router: &Router, sql: &str, q: &Query, locking: bool) -> Option<Plan> {
+pub fn plan_query(router: &Router, src: &Source, q: &Query, locking: bool) -> Option<Plan> {
+    let sql = src.sql();
     let sharded_refs = count_sharded(router, q);
     if sharded_refs == 0 {
         return None;
@@ -75,6 +76,7 @@ pub fn plan_query(router: &Router, sql: &str, q: &Query, locking: bool) -> Optio
     let key = KeyColumn {
         table: &table,
         qualifiers: vec![use_.qualifier().to_string()],
+        src,
     };
     let n = table.sub_table_count();
     let mut targets = match &sel.selection {
@@ -98,12 +100,15 @@ pub fn plan_query(router: &Router, sql: &str, q: &Query, locking: bool) -> Optio
             )));
         }
     }
-    let index = LineIndex::new(sql);
+    if targets.count() > 1 && src.is_shape() {
+        return None; // a fan-out is planned from the statement's own parse
+    }
+    let index = src;
     if targets.count() == 1 {
         let i = targets.iter().next()?;
         let sub = &table.sub_tables[i];
         let mut edits = Edits::default();
-        rename_use(&mut edits, &index, use_, &sub.name, true)?;
+        rename_use(&mut edits, index, use_, &sub.name, true)?;
         return Some(Plan::Single {
             node: sub.node,
             access,
@@ -111,7 +116,7 @@ pub fn plan_query(router: &Router, sql: &str, q: &Query, locking: bool) -> Optio
         });
     }
     Some(
-        match scatter_select(sql, &index, q, sel, use_, &table, &key, &targets, access) {
+        match scatter_select(sql, index, q, sel, use_, &table, &key, &targets, access) {
             Ok(p) => Plan::Scatter(Box::new(p)),
             Err(message) => refuse(message),
         },
@@ -361,7 +366,7 @@ impl<'a> Planner<'a> {
     }
 
     fn operand(&mut self, e: &Expr) -> Result<Operand0, String> {
-        match literal(e) {
+        match literal(e, self.key.src) {
             Some(crate::shard::Literal::Number(n)) => Ok(Operand0::Number(n)),
             Some(crate::shard::Literal::Str(s)) => Ok(Operand0::Str(s)),
             Some(crate::shard::Literal::Null) => {
@@ -388,7 +393,7 @@ enum Operand0 {
 #[allow(clippy::too_many_arguments)]
 fn scatter_select(
     sql: &str,
-    index: &LineIndex,
+    index: &Source,
     q: &Query,
     sel: &Select,
     use_: &TableUse,
@@ -511,7 +516,7 @@ fn scatter_select(
     }
 
     // Shard query text.
-    let tokens = Tokens::new(sql, index).ok_or("the statement could not be tokenised")?;
+    let tokens = Tokens::new(sql).ok_or("the statement could not be tokenised")?;
     let mut common = Edits::default();
     if !p.hidden.is_empty() {
         let at = projection_start(&tokens).ok_or("the select list could not be located")?;

@@ -369,6 +369,15 @@ proptest! {
     }
 
     #[test]
+    fn a_cached_shape_plans_exactly_as_a_fresh_parse(sql in statement(), again in statement()) {
+        // One router for both, so the second statement often hits a shape the first cached.
+        let r = router();
+        for s in [&sql, &again, &sql] {
+            prop_assert_eq!(r.route(s), r.route_uncached(s), "{}", s);
+        }
+    }
+
+    #[test]
     fn a_point_key_lands_on_exactly_one_sub_table(k in any::<i64>()) {
         let r = router();
         let t = r.schema.sharded("stu").unwrap().clone();
@@ -385,6 +394,33 @@ proptest! {
             prop_assert!(text.contains(&want.name), "{}", text);
         }
     }
+}
+
+#[test]
+fn statements_of_one_shape_share_a_parse_and_keep_their_own_text() {
+    let r = router();
+    let (n1, _, s1) =
+        single(&r.route("SELECT name FROM stu /*c*/ WHERE id = 3 AND name = 'it''s'"));
+    let (n2, _, s2) =
+        single(&r.route("SELECT name FROM stu /*c*/ WHERE id = 12345 AND name = 'x'"));
+    assert_eq!(r.cache.len(), 1);
+    assert_eq!(
+        s1,
+        "SELECT name FROM stu_0003 AS `stu` /*c*/ WHERE id = 3 AND name = 'it''s'"
+    );
+    assert_eq!(
+        s2,
+        "SELECT name FROM stu_0001 AS `stu` /*c*/ WHERE id = 12345 AND name = 'x'"
+    );
+    assert_eq!((n1, n2), (0, 0));
+    // A shape that fans out for these values is planned from its own parse.
+    let s = scatter(r.route("SELECT name FROM stu /*c*/ WHERE id > 3 AND name = 'x'"));
+    assert_eq!(s.parts.len(), 8);
+    let m = r.route("UPDATE stu SET name = 'a' WHERE id = 9");
+    assert_eq!(
+        single(&m).2,
+        "UPDATE stu_0001 AS `stu` SET name = 'a' WHERE id = 9"
+    );
 }
 
 #[test]

@@ -8,6 +8,9 @@ use std::ops::Range;
 use sqlparser::dialect::MySqlDialect;
 use sqlparser::tokenizer::{Location, Span, Token, TokenWithSpan, Tokenizer};
 
+use super::cache::{Shape, ShapeLiteral};
+use crate::shard::Literal;
+
 /// Maps parser locations (1-based line and character column) to byte offsets.
 #[derive(Debug)]
 pub struct LineIndex<'a> {
@@ -48,6 +51,124 @@ impl<'a> LineIndex<'a> {
         let b = self.offset(span.end)?;
         (a <= b).then_some(a..b)
     }
+}
+
+/// The statement being planned: the client's text (edits apply to it), and
+/// how positions in the parsed tree map onto it.
+///
+/// The tree is the client's own text parsed, or a cached parse of its shape
+/// (literals replaced by `?`, see [`super::cache`]), or a prepared statement
+/// whose `?` take the values of an execute. Either way `range`/`offset`
+/// answer in bytes of the client's text and `placeholder` gives the value a
+/// `?` of the tree stands for.
+#[derive(Debug)]
+pub struct Source<'a> {
+    sql: &'a str,
+    index: LineIndex<'a>,
+    placeholders: Placeholders<'a>,
+}
+
+#[derive(Debug)]
+enum Placeholders<'a> {
+    None,
+    /// The tree is the parse of a shape: each `?` is one of these literals.
+    Shape(&'a [ShapeLiteral]),
+    /// The tree is the client's text with `?` at these byte offsets, bound to these values.
+    Bound {
+        at: &'a [usize],
+        values: &'a [Literal],
+    },
+}
+
+impl<'a> Source<'a> {
+    /// The tree is the parse of `sql` itself.
+    pub fn plain(sql: &'a str) -> Self {
+        Self {
+            sql,
+            index: LineIndex::new(sql),
+            placeholders: Placeholders::None,
+        }
+    }
+
+    /// The tree is the parse of `shape`, the shape of `sql`.
+    pub fn shaped(sql: &'a str, shape: &'a Shape) -> Self {
+        Self {
+            sql,
+            index: LineIndex::new(&shape.text),
+            placeholders: Placeholders::Shape(&shape.literals),
+        }
+    }
+
+    /// The tree is the parse of `sql`, whose `?` (at byte offsets `at`) are bound to `values`.
+    pub fn bound(sql: &'a str, at: &'a [usize], values: &'a [Literal]) -> Self {
+        Self {
+            sql,
+            index: LineIndex::new(sql),
+            placeholders: Placeholders::Bound { at, values },
+        }
+    }
+
+    /// The client's text.
+    pub fn sql(&self) -> &'a str {
+        self.sql
+    }
+
+    /// Whether the tree is a cached shape: only single-target plans are
+    /// taken from it (fan-outs copy expression text from the tree).
+    pub fn is_shape(&self) -> bool {
+        matches!(self.placeholders, Placeholders::Shape(_))
+    }
+
+    /// Byte offset in the client's text of a location in the tree.
+    pub fn offset(&self, loc: Location) -> Option<usize> {
+        let o = self.index.offset(loc)?;
+        match self.placeholders {
+            Placeholders::Shape(lits) => {
+                let k = lits.partition_point(|l| l.at < o);
+                Some(match k {
+                    0 => o,
+                    _ => {
+                        let l = &lits[k - 1];
+                        l.original.end + (o - (l.at + 1))
+                    }
+                })
+            }
+            _ => Some(o),
+        }
+    }
+
+    pub fn range(&self, span: Span) -> Option<Range<usize>> {
+        let a = self.offset(span.start)?;
+        let b = self.offset(span.end)?;
+        (a <= b).then_some(a..b)
+    }
+
+    /// The value of the `?` that starts at `loc` in the tree.
+    pub fn placeholder(&self, loc: Location) -> Option<&'a Literal> {
+        let o = self.index.offset(loc)?;
+        match self.placeholders {
+            Placeholders::None => None,
+            Placeholders::Shape(lits) => {
+                let k = lits.binary_search_by_key(&o, |l| l.at).ok()?;
+                Some(&lits[k].value)
+            }
+            Placeholders::Bound { at, values } => values.get(at.binary_search(&o).ok()?),
+        }
+    }
+}
+
+/// Byte offsets of the `?` placeholders of a statement, in order, as the
+/// parser's own tokenizer sees them.
+pub fn placeholder_offsets(sql: &str) -> Option<Vec<usize>> {
+    let index = LineIndex::new(sql);
+    let tokens = Tokenizer::new(&MySqlDialect {}, sql)
+        .tokenize_with_location()
+        .ok()?;
+    tokens
+        .iter()
+        .filter(|t| matches!(&t.token, Token::Placeholder(p) if p == "?"))
+        .map(|t| index.offset(t.span.start))
+        .collect()
 }
 
 /// Edits to the original text, applied together.
@@ -95,7 +216,8 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    pub fn new(sql: &str, index: &LineIndex) -> Option<Self> {
+    pub fn new(sql: &str) -> Option<Self> {
+        let index = LineIndex::new(sql);
         let raw: Vec<TokenWithSpan> = Tokenizer::new(&MySqlDialect {}, sql)
             .tokenize_with_location()
             .ok()?;
@@ -159,7 +281,7 @@ mod tests {
         assert_eq!(idx.offset(Location::new(1, 1)), Some(0));
         assert_eq!(idx.offset(Location::new(1, 12)), Some(12));
         assert_eq!(idx.offset(Location::new(2, 2)), Some(15));
-        let toks = Tokens::new(sql, &idx).unwrap();
+        let toks = Tokens::new(sql).unwrap();
         let from = toks.find_keyword("from", 0).unwrap();
         assert_eq!(&sql[toks.tokens[from].1.clone()], "FROM");
     }
@@ -168,8 +290,7 @@ mod tests {
     fn clauses_end_at_the_next_top_level_keyword() {
         let sql =
             "SELECT a FROM t GROUP BY a HAVING COUNT(*) > (SELECT 1 LIMIT 1) ORDER BY a LIMIT 3;";
-        let idx = LineIndex::new(sql);
-        let toks = Tokens::new(sql, &idx).unwrap();
+        let toks = Tokens::new(sql).unwrap();
         let r = toks.clause("having", &["order", "limit"]).unwrap();
         assert_eq!(&sql[r], "HAVING COUNT(*) > (SELECT 1 LIMIT 1)");
         let r = toks.clause("limit", &["for", "lock"]).unwrap();

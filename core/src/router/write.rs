@@ -14,11 +14,12 @@ use crate::shard::{IndexSet, ShardedTable};
 
 use super::keys::{literal, rename_use, table_uses, KeyColumn, TableUse};
 use super::select::count_sharded;
-use super::text::{Edits, LineIndex};
+use super::text::{Edits, Source};
 use super::{quoted, refuse, table_ident, Access, Part, Plan, Router, ScatterMerge, ScatterPlan};
 
-pub fn plan_write(router: &Router, sql: &str, stmt: &Statement) -> Option<Plan> {
-    let index = LineIndex::new(sql);
+pub fn plan_write(router: &Router, src: &Source, stmt: &Statement) -> Option<Plan> {
+    let sql = src.sql();
+    let index = src;
     match stmt {
         Statement::Insert(ins) => {
             let TableObject::TableName(name) = &ins.table else {
@@ -41,7 +42,7 @@ pub fn plan_write(router: &Router, sql: &str, stmt: &Statement) -> Option<Plan> 
                 }
                 return None;
             };
-            Some(plan_insert(sql, &index, ins, ident, &table).unwrap_or_else(refuse))
+            Some(plan_insert(sql, index, ins, ident, &table).unwrap_or_else(refuse))
         }
         Statement::Update(upd) => {
             let uses = match table_uses(router, std::slice::from_ref(&upd.table)) {
@@ -74,6 +75,7 @@ pub fn plan_write(router: &Router, sql: &str, stmt: &Statement) -> Option<Plan> 
             let key = KeyColumn {
                 table: &table,
                 qualifiers: vec![use_.qualifier().to_string()],
+                src,
             };
             for a in &upd.assignments {
                 let cols: Vec<&ObjectName> = match &a.target {
@@ -93,7 +95,7 @@ pub fn plan_write(router: &Router, sql: &str, stmt: &Statement) -> Option<Plan> 
                 ));
             }
             Some(per_sub_table(
-                &index, sql, use_, &table, &targets, true, None,
+                index, sql, use_, &table, &targets, true, None,
             ))
         }
         Statement::Delete(del) => {
@@ -132,6 +134,7 @@ pub fn plan_write(router: &Router, sql: &str, stmt: &Statement) -> Option<Plan> 
             let key = KeyColumn {
                 table: &table,
                 qualifiers: vec![use_.qualifier().to_string()],
+                src,
             };
             let targets = targets_for(&key, del.selection.as_ref());
             if targets.count() > 1 && (del.limit.is_some() || !del.order_by.is_empty()) {
@@ -142,7 +145,7 @@ pub fn plan_write(router: &Router, sql: &str, stmt: &Statement) -> Option<Plan> 
             // DELETE takes no alias here: qualified columns get the sub-table name.
             let qualified = qualified_refs(stmt, &use_.ident.value);
             Some(per_sub_table(
-                &index,
+                index,
                 sql,
                 use_,
                 &table,
@@ -157,21 +160,21 @@ pub fn plan_write(router: &Router, sql: &str, stmt: &Statement) -> Option<Plan> 
                     "CREATE TABLE ... SELECT over a sharded table is not supported",
                 ));
             }
-            ddl(router, sql, &index, &[&ct.name])
+            ddl(router, sql, index, &[&ct.name])
         }
-        Statement::AlterTable(at) => ddl(router, sql, &index, &[&at.name]),
+        Statement::AlterTable(at) => ddl(router, sql, index, &[&at.name]),
         Statement::Drop {
             object_type: ObjectType::Table,
             names,
             ..
-        } => ddl(router, sql, &index, &names.iter().collect::<Vec<_>>()),
+        } => ddl(router, sql, index, &names.iter().collect::<Vec<_>>()),
         Statement::Truncate(t) => ddl(
             router,
             sql,
-            &index,
+            index,
             &t.table_names.iter().map(|n| &n.name).collect::<Vec<_>>(),
         ),
-        Statement::CreateIndex(ci) => ddl(router, sql, &index, &[&ci.table_name]),
+        Statement::CreateIndex(ci) => ddl(router, sql, index, &[&ci.table_name]),
         _ => None,
     }
 }
@@ -217,7 +220,7 @@ fn qualified_refs(stmt: &Statement, table: &str) -> Vec<sqlparser::ast::Ident> {
 
 /// One part per target sub-table; several parts are an atomic fan-out.
 fn per_sub_table(
-    index: &LineIndex,
+    index: &Source,
     sql: &str,
     use_: &TableUse,
     table: &ShardedTable,
@@ -278,7 +281,7 @@ fn everywhere(router: &Router, sql: &str, atomic: bool) -> Plan {
 
 fn plan_insert(
     sql: &str,
-    index: &LineIndex,
+    index: &Source,
     ins: &sqlparser::ast::Insert,
     ident: &sqlparser::ast::Ident,
     table: &ShardedTable,
@@ -327,7 +330,7 @@ fn plan_insert(
             .content
             .get(key_at)
             .ok_or("a row has fewer values than columns")?;
-        let lit = literal(v).ok_or_else(|| {
+        let lit = literal(v, index).ok_or_else(|| {
             format!(
                 "the shard key `{}` of `{}` must be a literal value in INSERT, not `{v}`",
                 table.key, table.name
@@ -378,7 +381,7 @@ fn plan_insert(
 
 /// DDL naming a sharded table runs on each of its sub-tables; on a
 /// broadcast table, on every node.
-fn ddl(router: &Router, sql: &str, index: &LineIndex, names: &[&ObjectName]) -> Option<Plan> {
+fn ddl(router: &Router, sql: &str, index: &Source, names: &[&ObjectName]) -> Option<Plan> {
     let idents: Vec<_> = names.iter().filter_map(|n| table_ident(n)).collect();
     let sharded: Vec<_> = idents
         .iter()
