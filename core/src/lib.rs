@@ -6,6 +6,7 @@ pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod merge;
+pub mod prepared;
 pub mod protocol;
 pub mod router;
 pub mod scatter;

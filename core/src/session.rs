@@ -25,9 +25,14 @@ use crate::merge;
 use crate::protocol::{
     self, cmd, code, err_payload, ok_payload, sql_state_for, FrameError, FrameReader, Packet,
 };
-use crate::router::{self, Access, Plan, Router, ScatterMerge, ScatterPlan};
+use crate::router::{
+    self, Access, BoundStatement, Plan, PreparedRoute, Router, ScatterMerge, ScatterPlan,
+};
 use crate::scatter::{Lane, LaneStep, ScatterRun};
 use crate::topology::BackendId;
+
+mod sharded_stmt;
+use sharded_stmt::ShardedStmt;
 
 /// Everything sessions share: users, auth material, limits. Immutable; a
 /// reload swaps in a new one for new sessions.
@@ -169,6 +174,8 @@ struct Prepared {
     param_types: Option<Bytes>,
     /// Whether the backend statement has seen `param_types`.
     types_sent: bool,
+    /// Set for a statement over sharded tables, routed at each execute.
+    sharded: Option<Box<ShardedStmt>>,
 }
 
 /// The session state the client set and expects on any backend connection.
@@ -231,6 +238,8 @@ pub struct Session {
     last_error: Option<u16>,
     /// Login data held while a COM_CHANGE_USER or full auth completes.
     pending_login: Option<PendingLogin>,
+    /// The routing of a statement over sharded tables being prepared.
+    prepare_route: Option<Arc<BoundStatement>>,
 }
 
 #[derive(Debug, Clone)]
@@ -297,6 +306,7 @@ impl Session {
             current_sql: None,
             last_error: None,
             pending_login: None,
+            prepare_route: None,
         };
         s.send_greeting();
         s
@@ -1081,6 +1091,9 @@ impl Session {
                     self.end_statement_record();
                     return;
                 }
+                if self.sharded_statement_command(now, &pkt, command, id) {
+                    return;
+                }
                 if command == cmd::STMT_CLOSE {
                     if let Some(st) = self.stmts.remove(&id) {
                         if let (Some(bid), true) =
@@ -1633,16 +1646,21 @@ impl Session {
     }
 
     /// Prepared statements run on their node's primary; over sharded tables
-    /// they are not supported yet.
+    /// they are routed at each execute by their parameter values.
     fn route_prepare(&mut self, now: Instant, pkt: Packet) {
-        let plan = std::str::from_utf8(&pkt.payload[1..]).map(|sql| self.ctx.router.route(sql));
-        let node = match plan {
-            Ok(Plan::Single { node, sql: None, .. }) => node,
-            Ok(Plan::Refuse { code, message }) => return self.refuse(code, &message),
-            Ok(Plan::Single { .. } | Plan::Scatter(_)) => {
+        self.prepare_route = None;
+        let route =
+            std::str::from_utf8(&pkt.payload[1..]).map(|sql| self.ctx.router.route_prepare(sql));
+        let node = match route {
+            Ok(PreparedRoute::Bound(bound)) => return self.prepare_bound(now, pkt, bound),
+            Ok(PreparedRoute::Fixed(Plan::Single { node, sql: None, .. })) => node,
+            Ok(PreparedRoute::Fixed(Plan::Refuse { code, message })) => {
+                return self.refuse(code, &message)
+            }
+            Ok(PreparedRoute::Fixed(Plan::Single { .. } | Plan::Scatter(_))) => {
                 return self.refuse(
                     router::ER_NOT_SUPPORTED,
-                    "Prepared statements over sharded or broadcast tables are not supported yet; send the statement as text",
+                    "Prepared statements writing to several nodes are not supported; send the statement as text",
                 )
             }
             _ => self.router().default_node(),
@@ -2063,6 +2081,7 @@ impl Session {
                                     backend_id: Some(stmt_id),
                                     param_types: None,
                                     types_sent: false,
+                                    sharded: self.prepare_route.take().map(ShardedStmt::new),
                                 },
                             );
                             let mut payload = buf[payload_range].to_vec();

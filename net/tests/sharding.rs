@@ -325,3 +325,119 @@ async fn reads_go_to_replicas_and_writes_to_primaries() {
     let p: Option<Value> = c.query_first("/*shard2*/ SELECT @@port").await.unwrap();
     assert_eq!(port(p), env.shards[1].replicas[0].port);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_route_by_their_parameters() {
+    let env = ShardedEnv::start().await;
+    let mut c = env.proxy_conn().await;
+
+    // One prepared INSERT fills every sub-table, each execute routed by its key.
+    let insert = c
+        .prep("INSERT INTO stu (id, name, score, amount) VALUES (?, ?, ?, ?)")
+        .await
+        .unwrap();
+    for id in 1..=16i64 {
+        let amount = format!("{id}.25");
+        c.exec_drop(&insert, (id, format!("n{id}"), id * 10, amount))
+            .await
+            .unwrap();
+    }
+    for (node, shard) in env.shards.iter().enumerate() {
+        for k in 0..4 {
+            let idx = node * 4 + k;
+            let out = shard
+                .primary
+                .sql(&format!(
+                    "SELECT GROUP_CONCAT(id ORDER BY id) FROM {DATABASE}.stu_{idx:04}"
+                ))
+                .unwrap();
+            let want = if idx == 0 {
+                "8,16".to_string()
+            } else {
+                format!("{idx},{}", idx + 8)
+            };
+            assert_eq!(out.trim(), want, "stu_{idx:04}");
+        }
+    }
+
+    // Point reads in the binary protocol, with the key as an integer and as a string.
+    let select = c
+        .prep("SELECT id, name, score, amount FROM stu WHERE id = ?")
+        .await
+        .unwrap();
+    for id in 1..=16i64 {
+        let row: Option<(i64, String, i32, String)> = c.exec_first(&select, (id,)).await.unwrap();
+        assert_eq!(
+            row,
+            Some((id, format!("n{id}"), id as i32 * 10, format!("{id}.25")))
+        );
+        let row: Option<(i64, String, i32, String)> =
+            c.exec_first(&select, (id.to_string(),)).await.unwrap();
+        assert_eq!(row.map(|r| r.0), Some(id));
+    }
+    let none: Option<(i64, String, i32, String)> = c.exec_first(&select, (99i64,)).await.unwrap();
+    assert_eq!(none, None);
+    let null: Option<(i64, String, i32, String)> =
+        c.exec_first(&select, (Value::NULL,)).await.unwrap();
+    assert_eq!(null, None);
+
+    // Updates and deletes by key; changing the key is refused as in text.
+    let update = c
+        .prep("UPDATE stu SET score = score + ? WHERE id = ?")
+        .await
+        .unwrap();
+    c.exec_drop(&update, (5, 7i64)).await.unwrap();
+    assert_eq!(c.affected_rows(), 1);
+    let score: Option<i32> = c
+        .exec_first("SELECT score FROM stu WHERE id = ?", (7i64,))
+        .await
+        .unwrap();
+    assert_eq!(score, Some(75));
+    match c.prep("UPDATE stu SET id = ? WHERE id = ?").await {
+        Err(mysql_async::Error::Server(e)) => assert_eq!(e.code, 1105, "{}", e.message),
+        other => panic!("changing the shard key should be refused, got {other:?}"),
+    }
+
+    // A statement without a key cannot be prepared; an execute that fans out is refused
+    // and the statement stays usable.
+    match c.prep("SELECT COUNT(*) FROM stu WHERE name = ?").await {
+        Err(mysql_async::Error::Server(e)) => {
+            assert_eq!(e.code, 1235);
+            assert!(e.message.contains("shard key"), "{}", e.message);
+        }
+        other => panic!("a key-less prepared statement should be refused, got {other:?}"),
+    }
+    let within = c
+        .prep("SELECT COUNT(*) FROM stu WHERE id IN (?, ?)")
+        .await
+        .unwrap();
+    let n: Option<i64> = c.exec_first(&within, (3i64, 11i64)).await.unwrap();
+    assert_eq!(n, Some(2), "3 and 11 share stu_0003");
+    match c.exec_first::<i64, _, _>(&within, (3i64, 4i64)).await {
+        Err(mysql_async::Error::Server(e)) => assert_eq!(e.code, 1235, "{}", e.message),
+        other => panic!("a fan-out execute should be refused, got {other:?}"),
+    }
+    let n: Option<i64> = c.exec_first(&within, (1i64, 9i64)).await.unwrap();
+    assert_eq!(n, Some(2));
+
+    // Inside a transaction the statement stays on the transaction's node.
+    c.query_drop("BEGIN").await.unwrap();
+    c.exec_drop(&update, (1, 1i64)).await.unwrap();
+    match c.exec_drop(&update, (1, 4i64)).await {
+        Err(mysql_async::Error::Server(e)) => assert_eq!(e.code, 1105, "{}", e.message),
+        other => panic!("a cross-node execute in a transaction should be refused, got {other:?}"),
+    }
+    c.exec_drop(&update, (1, 2i64)).await.unwrap();
+    c.query_drop("COMMIT").await.unwrap();
+    let scores: Vec<i32> = c
+        .query("/*master*/ SELECT score FROM stu WHERE id IN (1, 2, 4) ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(scores, vec![11, 21, 40]);
+
+    // Closing the statements closes their variants; the connection stays clean.
+    c.close(select).await.unwrap();
+    c.close(insert).await.unwrap();
+    let one: Option<i64> = c.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1));
+}

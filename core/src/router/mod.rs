@@ -24,6 +24,7 @@ pub use cache::{PlanCache, Shape};
 pub use text::Source;
 
 use crate::merge::MergeSpec;
+use crate::shard::Literal;
 use crate::shard::Schema;
 use crate::topology::Topology;
 
@@ -59,6 +60,35 @@ pub enum Plan {
         code: u16,
         message: String,
     },
+}
+
+/// How a prepared statement is routed.
+#[derive(Debug, Clone)]
+pub enum PreparedRoute {
+    /// The same plan for every execute (no sharded or broadcast table, or refused).
+    Fixed(Plan),
+    /// Routed at each execute by its parameter values.
+    Bound(Arc<BoundStatement>),
+}
+
+/// A prepared statement over sharded tables, parsed once.
+#[derive(Debug)]
+pub struct BoundStatement {
+    /// The text that was parsed (the client's, minus a trailing `LOCK IN SHARE MODE`).
+    sql: String,
+    stmt: Statement,
+    /// Byte offsets of the `?` in `sql`, in parameter order.
+    placeholders: Vec<usize>,
+    locking: bool,
+    primary_hint: bool,
+    lock_suffix: Option<&'static str>,
+}
+
+impl BoundStatement {
+    /// Number of `?` parameters.
+    pub fn params(&self) -> usize {
+        self.placeholders.len()
+    }
 }
 
 /// A fan-out: the parts run on their nodes (in order within a node).
@@ -235,45 +265,63 @@ impl Router {
                     .unwrap_or_else(|| simple(access))
             }
         };
-        let plan = match (plan, hints.primary) {
-            (
-                Plan::Single {
-                    node,
-                    access: Access::Read,
-                    sql,
-                },
-                true,
-            ) => Plan::Single {
-                node,
-                access: Access::Write,
-                sql,
-            },
-            (Plan::Scatter(mut s), true) => {
-                s.access = Access::Write;
-                Plan::Scatter(s)
-            }
-            (p, _) => p,
-        };
-        match (plan, lock_suffix) {
-            (
-                Plan::Single {
-                    node, sql: Some(s), ..
-                },
-                Some(suffix),
-            ) => Plan::Single {
-                node,
-                access: Access::Write,
-                sql: Some(format!("{s}{suffix}")),
-            },
-            (Plan::Scatter(mut s), Some(suffix)) => {
-                for p in &mut s.parts {
-                    p.sql.push_str(suffix);
-                }
-                s.access = Access::Write;
-                Plan::Scatter(s)
-            }
-            (p, _) => p,
+        finish(plan, hints.primary, lock_suffix)
+    }
+
+    /// Plans a COM_STMT_PREPARE. A statement over sharded or broadcast tables
+    /// is parsed once here and routed at each execute with its parameter
+    /// values ([`Router::route_bound`]); anything else gets its plan now.
+    pub fn route_prepare(&self, sql: &str) -> PreparedRoute {
+        let plan = self.route_uncached(sql);
+        let touches_sharded = matches!(
+            plan,
+            Plan::Single { sql: Some(_), .. } | Plan::Scatter(_) | Plan::Refuse { .. }
+        ) && self.mentions_watched(&sql.to_ascii_lowercase());
+        if !touches_sharded {
+            return PreparedRoute::Fixed(plan);
         }
+        let (hints, _) = self.hints(sql);
+        let (parse_text, lock_suffix) = split_lock_in_share_mode(sql);
+        let parsed = Parser::parse_sql(&MySqlDialect {}, parse_text).ok();
+        let offsets = text::placeholder_offsets(parse_text);
+        let (Some(mut statements), Some(placeholders)) = (parsed, offsets) else {
+            return PreparedRoute::Fixed(refuse(
+                "This prepared statement over a sharded table could not be read; send it as text",
+            ));
+        };
+        let lower = parse_text.to_ascii_lowercase();
+        let access = keyword_access(first_word(self.hints(parse_text).1), &lower);
+        PreparedRoute::Bound(Arc::new(BoundStatement {
+            sql: parse_text.to_string(),
+            stmt: statements.remove(0),
+            placeholders,
+            locking: lock_suffix.is_some() || access == Access::Write,
+            primary_hint: hints.primary,
+            lock_suffix,
+        }))
+    }
+
+    /// A plan to prepare the statement by before any values are known: the
+    /// one for NULL parameters, or else for zeros (a range table may not
+    /// hold NULL); a refusal when neither can be planned.
+    pub fn route_representative(&self, b: &BoundStatement) -> Plan {
+        let nulls = vec![Literal::Null; b.params()];
+        match self.route_bound(b, &nulls) {
+            Plan::Refuse { .. } => {
+                let zeros = vec![Literal::Number("0".into()); b.params()];
+                self.route_bound(b, &zeros)
+            }
+            plan => plan,
+        }
+    }
+
+    /// Plans one execute of a prepared statement from its parameter values.
+    pub fn route_bound(&self, b: &BoundStatement, values: &[Literal]) -> Plan {
+        let src = Source::bound(&b.sql, &b.placeholders, values);
+        let plan = self
+            .plan_statement(&src, &b.stmt, b.locking)
+            .unwrap_or_else(|| refuse("This prepared statement no longer touches a sharded table"));
+        finish(plan, b.primary_hint, b.lock_suffix)
     }
 
     /// A single-target plan from the cached parse of the statement's shape;
@@ -447,6 +495,50 @@ fn split_lock_in_share_mode(sql: &str) -> (&str, Option<&'static str>) {
         (&t[..t.len() - 18], Some("LOCK IN SHARE MODE"))
     } else {
         (sql, None)
+    }
+}
+
+/// Applies what the parse did not see: a `/*master*/` hint and a stripped
+/// `LOCK IN SHARE MODE`.
+fn finish(plan: Plan, primary_hint: bool, lock_suffix: Option<&'static str>) -> Plan {
+    let plan = match (plan, primary_hint) {
+        (
+            Plan::Single {
+                node,
+                access: Access::Read,
+                sql,
+            },
+            true,
+        ) => Plan::Single {
+            node,
+            access: Access::Write,
+            sql,
+        },
+        (Plan::Scatter(mut s), true) => {
+            s.access = Access::Write;
+            Plan::Scatter(s)
+        }
+        (p, _) => p,
+    };
+    match (plan, lock_suffix) {
+        (
+            Plan::Single {
+                node, sql: Some(s), ..
+            },
+            Some(suffix),
+        ) => Plan::Single {
+            node,
+            access: Access::Write,
+            sql: Some(format!("{s}{suffix}")),
+        },
+        (Plan::Scatter(mut s), Some(suffix)) => {
+            for p in &mut s.parts {
+                p.sql.push_str(suffix);
+            }
+            s.access = Access::Write;
+            Plan::Scatter(s)
+        }
+        (p, _) => p,
     }
 }
 

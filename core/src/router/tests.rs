@@ -424,6 +424,50 @@ fn statements_of_one_shape_share_a_parse_and_keep_their_own_text() {
 }
 
 #[test]
+fn prepared_statements_over_sharded_tables_route_by_their_parameters() {
+    use crate::router::PreparedRoute;
+    use crate::shard::Literal;
+    let r = router();
+    let PreparedRoute::Bound(b) =
+        r.route_prepare("SELECT name FROM stu WHERE name <> ? AND id = ? FOR UPDATE")
+    else {
+        panic!("expected a bound route");
+    };
+    assert_eq!(b.params(), 2);
+    let values = [Literal::Str("x".into()), Literal::Number("13".into())];
+    let (node, access, sql) = single(&r.route_bound(&b, &values));
+    assert_eq!((node, access), (1, Access::Write));
+    assert_eq!(
+        sql,
+        "SELECT name FROM stu_0005 AS `stu` WHERE name <> ? AND id = ? FOR UPDATE"
+    );
+    let values = [Literal::Null, Literal::Str("-2882".into())];
+    assert!(single(&r.route_bound(&b, &values)).2.contains("stu_0006"));
+    // Without a key the statement fans out; the session refuses that for prepared statements.
+    let PreparedRoute::Bound(b) = r.route_prepare("SELECT COUNT(*) FROM stu WHERE name = ?") else {
+        panic!("expected a bound route");
+    };
+    assert!(matches!(
+        r.route_bound(&b, &[Literal::Str("a".into())]),
+        Plan::Scatter(_)
+    ));
+    // Unsharded statements keep a fixed plan.
+    assert!(matches!(
+        r.route_prepare("SELECT * FROM t WHERE a = ?"),
+        PreparedRoute::Fixed(Plan::Single { sql: None, .. })
+    ));
+    let PreparedRoute::Bound(b) = r.route_prepare("INSERT INTO stu (id, name) VALUES (?, ?)")
+    else {
+        panic!("expected a bound route");
+    };
+    let values = [Literal::Number("9".into()), Literal::Str("n".into())];
+    assert_eq!(
+        single(&r.route_bound(&b, &values)).2,
+        "INSERT INTO stu_0001 (id, name) VALUES (?, ?)"
+    );
+}
+
+#[test]
 fn router_is_cheap_to_share() {
     let r = Arc::new(router());
     let r2 = r.clone();
