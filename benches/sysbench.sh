@@ -11,6 +11,9 @@
 #   TESTS="oltp_point_select oltp_read_only"  MODES="disable auto" (--db-ps-mode)
 #   PROXY_PORT=0 (0: the playground picks a free port)
 #   TESSERA_BIN=<path> and SKIP_BUILD=1 to use an existing binary.
+#   SHARDS=1 (>1: sbtest1 is declared sharded by id over SHARDS nodes, 4
+#            sub-tables each; "direct" is sysbench at shard 1's primary on the
+#            plain table, "tessera" goes through the sharded proxy)
 #
 # Exits non-zero if any sysbench run failed or reported errors.
 set -euo pipefail
@@ -20,7 +23,7 @@ usage() {
     cat <<'EOF'
 
 Flags: --threads N --time S --rounds N --table-size N --tests "A B" --modes "A B"
-       --port P --bin PATH --skip-build -h|--help
+       --port P --bin PATH --shards N --skip-build -h|--help
 EOF
 }
 
@@ -32,6 +35,7 @@ TESTS=${TESTS:-"oltp_point_select oltp_read_only"}
 MODES=${MODES:-"disable auto"}
 PROXY_PORT=${PROXY_PORT:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
+SHARDS=${SHARDS:-1}
 READY_TIMEOUT=${READY_TIMEOUT:-120}
 
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -51,7 +55,7 @@ while [[ $# -gt 0 ]]; do
             value=${arg#*=}
             arg=${arg%%=*}
             ;;
-        --threads | --time | --rounds | --table-size | --tests | --modes | --port | --bin)
+        --threads | --time | --rounds | --table-size | --tests | --modes | --port | --bin | --shards)
             [[ $# -ge 2 ]] || die "$arg needs a value"
             value=$2
             shift
@@ -66,6 +70,7 @@ while [[ $# -gt 0 ]]; do
         --modes) MODES=$value ;;
         --port) PROXY_PORT=$value ;;
         --bin) TESSERA_BIN=$value ;;
+        --shards) SHARDS=$value ;;
         --skip-build) SKIP_BUILD=1 ;;
         -h | --help)
             usage
@@ -76,7 +81,7 @@ while [[ $# -gt 0 ]]; do
     shift
 done
 
-for n in THREADS TIME ROUNDS TABLE_SIZE PROXY_PORT; do
+for n in THREADS TIME ROUNDS TABLE_SIZE PROXY_PORT SHARDS; do
     [[ ${!n} =~ ^[0-9]+$ ]] || die "$n must be a non-negative integer, got '${!n}'"
 done
 ((ROUNDS >= 1 && THREADS >= 1 && TIME >= 1)) || die "THREADS, TIME and ROUNDS must be at least 1"
@@ -120,6 +125,10 @@ playground_pid=""
 
 cleanup() {
     local rc=$?
+    if [[ -n ${sharded_pid:-} ]]; then
+        kill -TERM "$sharded_pid" 2>/dev/null || true
+        wait "$sharded_pid" 2>/dev/null || true
+    fi
     if [[ -n $playground_pid ]] && kill -0 "$playground_pid" 2>/dev/null; then
         log "stopping the playground (pid $playground_pid)"
         kill -TERM "$playground_pid" 2>/dev/null || true
@@ -142,7 +151,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 log "starting tessera playground in $work"
-"$TESSERA_BIN" playground --shards 1 --replicas 0 --port "$PROXY_PORT" --dir "$work/playground" \
+"$TESSERA_BIN" playground --shards "$((SHARDS > 1 ? SHARDS : 1))" --replicas 0 --port "$PROXY_PORT" --dir "$work/playground" \
     >"$work/playground.out" 2>"$work/playground.err" &
 playground_pid=$!
 
@@ -216,6 +225,49 @@ sysbench oltp_read_only "${common_args[@]}" --mysql-host=127.0.0.1 --mysql-port=
     die "sysbench prepare failed"
 }
 
+if ((SHARDS > 1)); then
+    # Every shard gets the same rows and keeps those of its own sub-tables
+    # (hash on id: sub-table = id mod total) in sbtest1_0000…; a second
+    # proxy, declaring sbtest1 sharded, is the one measured.
+    per_node=4
+    total=$((SHARDS * per_node))
+    mapfile -t primary_ports < <(grep -E 'backend:.*primary' "$work/playground.out" | grep -o -E '127\.0\.0\.1:[0-9]+' | cut -d: -f2)
+    ((${#primary_ports[@]} == SHARDS)) || die "expected $SHARDS primaries in the playground output"
+    for ((node = 0; node < SHARDS; node++)); do
+        port=${primary_ports[$node]}
+        if ((node > 0)); then
+            sysbench oltp_read_only "${common_args[@]}" --mysql-host=127.0.0.1 --mysql-port="$port" \
+                prepare >>"$work/prepare.log" 2>&1 || die "sysbench prepare on shard $((node + 1)) failed"
+        fi
+        sqls=""
+        for ((k = 0; k < per_node; k++)); do
+            idx=$((node * per_node + k))
+            sub=$(printf 'sbtest1_%04d' "$idx")
+            sqls+="CREATE TABLE $sub LIKE sbtest1; INSERT INTO $sub SELECT * FROM sbtest1 WHERE id % $total = $idx; "
+        done
+        mariadb -h127.0.0.1 -P"$port" -u"$db_user" -p"$db_password" "$db_name" -e "$sqls" ||
+            die "creating sub-tables on shard $((node + 1)) failed"
+    done
+    locations=$(for ((node = 0; node < SHARDS; node++)); do printf '%s, ' "$per_node"; done)
+    sed -e 's/^listen = .*/listen = "127.0.0.1:0"/' "$work/playground/tessera.toml" >"$work/sharded.toml"
+    printf '\n[[schema.tables]]\nname = "sbtest1"\nkey = "id"\nfunction = "hash"\nlocations = [%s]\n' \
+        "${locations%, }" >>"$work/sharded.toml"
+    TESSERA_LOG=info "$TESSERA_BIN" run --config "$work/sharded.toml" >"$work/sharded.out" 2>"$work/sharded.err" &
+    sharded_pid=$!
+    deadline=$((SECONDS + READY_TIMEOUT))
+    until grep -q 'tessera listening' "$work/sharded.err" 2>/dev/null; do
+        kill -0 "$sharded_pid" 2>/dev/null || {
+            cat "$work/sharded.err" >&2
+            die "the sharded proxy exited"
+        }
+        ((SECONDS < deadline)) || die "the sharded proxy did not start"
+        sleep 0.2
+    done
+    proxy_port=$(grep -m1 'tessera listening' "$work/sharded.err" | grep -o -E '127\.0\.0\.1:[0-9]+' | cut -d: -f2)
+    proxy_pid=$sharded_pid
+    log "sharded proxy on port $proxy_port (pid $proxy_pid): sbtest1 over $total sub-tables on $SHARDS nodes"
+fi
+
 # Runs one sysbench; sets run_qps, run_queries, run_p95, run_errors, run_ok.
 run_sysbench() {
     local test=$1 mode=$2 port=$3 logfile=$4
@@ -277,7 +329,7 @@ for test in "${tests[@]}"; do
 done
 
 echo
-echo "sysbench: threads=$THREADS time=${TIME}s rounds=$ROUNDS table-size=$TABLE_SIZE ($(nproc) CPUs)"
+echo "sysbench: shards=$SHARDS threads=$THREADS time=${TIME}s rounds=$ROUNDS table-size=$TABLE_SIZE ($(nproc) CPUs)"
 fmt='%-18s %-8s %5s %12s %12s %8s %17s %12s %14s\n'
 # shellcheck disable=SC2059
 printf "$fmt" test ps-mode round "direct QPS" "tessera QPS" ratio "p95 ms dir/tes" "errors d/t" "proxy µs/query"
