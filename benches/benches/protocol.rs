@@ -195,6 +195,7 @@ fn setup_session() -> Fixture {
             name: USER.to_string(),
             hashes: PasswordHashes::from_password(PASSWORD),
             method: AuthMethod::Native,
+            read_your_writes: Default::default(),
         },
     );
     let ctx = Arc::new(SessionContext {

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::auth::{AuthMethod, PasswordHashes};
 use crate::router::Blacklist;
@@ -54,6 +55,9 @@ pub struct Config {
     /// Statements refused before they reach a backend.
     #[serde(default)]
     pub blacklist: BlacklistConfig,
+    /// How reads are routed (read-your-writes).
+    #[serde(default)]
+    pub routing: RoutingConfig,
     #[serde(default)]
     pub pool: PoolConfig,
     #[serde(default)]
@@ -73,6 +77,78 @@ pub struct UserConfig {
     /// `mysql_native_password` (default) or `caching_sha2_password`.
     #[serde(default = "default_plugin")]
     pub auth_plugin: String,
+    /// Overrides `routing.read_your_writes` for this user.
+    #[serde(default)]
+    pub read_your_writes: Option<String>,
+    /// Overrides `routing.read_your_writes_window_ms` for this user.
+    #[serde(default)]
+    pub read_your_writes_window_ms: Option<u64>,
+}
+
+/// `[routing]`: read routing beyond the read/write split.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// After a session writes to a node, where its reads of that node go:
+    /// `off` (replicas, as always), `gtid` (only replicas that have applied
+    /// the session's last write there, else the primary) or `window` (the
+    /// primary for `read_your_writes_window_ms` after the write).
+    #[serde(default = "default_read_your_writes")]
+    pub read_your_writes: String,
+    /// How long reads stay on the primary after a write, in `window` mode.
+    #[serde(default = "default_read_your_writes_window_ms")]
+    pub read_your_writes_window_ms: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            read_your_writes: default_read_your_writes(),
+            read_your_writes_window_ms: default_read_your_writes_window_ms(),
+        }
+    }
+}
+
+fn default_read_your_writes() -> String {
+    "off".into()
+}
+fn default_read_your_writes_window_ms() -> u64 {
+    1_000
+}
+
+/// Read-your-writes, resolved: what happens to a session's reads of a node
+/// after it wrote there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadYourWrites {
+    /// Reads go to replicas as usual (they may not see the write yet).
+    #[default]
+    Off,
+    /// Reads go to a replica whose applied GTID position covers the
+    /// session's last GTID on that node, else to the primary.
+    Gtid,
+    /// Reads go to the primary for this long after the write.
+    Window(Duration),
+}
+
+impl ReadYourWrites {
+    /// Resolves a mode name; `key` names the setting in errors.
+    fn resolve(
+        mode: &str,
+        window_ms: u64,
+        key: &str,
+        window_key: &str,
+    ) -> Result<Self, ConfigError> {
+        match mode {
+            "off" => Ok(Self::Off),
+            "gtid" => Ok(Self::Gtid),
+            "window" if window_ms == 0 => Err(bad(
+                window_key,
+                "must be more than 0 when read_your_writes = \"window\"",
+            )),
+            "window" => Ok(Self::Window(Duration::from_millis(window_ms))),
+            other => Err(bad(key, format!("`{other}` is not off, gtid or window"))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -297,6 +373,8 @@ pub struct User {
     pub name: String,
     pub hashes: PasswordHashes,
     pub method: AuthMethod,
+    /// This user's read-your-writes mode (its own or `[routing]`'s).
+    pub read_your_writes: ReadYourWrites,
 }
 
 /// The validated form of [`Config`].
@@ -308,6 +386,17 @@ pub struct Validated {
     pub topology: Arc<Topology>,
     pub schema: Arc<Schema>,
     pub blacklist: Arc<Blacklist>,
+    /// `[routing] read_your_writes`, the default of users without their own.
+    pub read_your_writes: ReadYourWrites,
+}
+
+impl Validated {
+    /// Whether any user reads by GTID, so replica positions must be polled.
+    pub fn tracks_replica_positions(&self) -> bool {
+        self.users
+            .iter()
+            .any(|u| u.read_your_writes == ReadYourWrites::Gtid)
+    }
 }
 
 impl Config {
@@ -355,6 +444,13 @@ impl Config {
         if self.users.is_empty() {
             return Err(bad("users", "at least one user is needed"));
         }
+        let routing = &self.routing;
+        let read_your_writes = ReadYourWrites::resolve(
+            &routing.read_your_writes,
+            routing.read_your_writes_window_ms,
+            "routing.read_your_writes",
+            "routing.read_your_writes_window_ms",
+        )?;
         let mut users = Vec::new();
         for (i, u) in self.users.iter().enumerate() {
             if u.name.is_empty() {
@@ -388,10 +484,27 @@ impl Config {
                     "needed for caching_sha2_password",
                 ));
             }
+            let window_key = match u.read_your_writes_window_ms {
+                Some(_) => format!("users[{i}].read_your_writes_window_ms"),
+                None => "routing.read_your_writes_window_ms".to_string(),
+            };
+            let user_ryw = match (&u.read_your_writes, u.read_your_writes_window_ms) {
+                (None, None) => read_your_writes,
+                (mode, window) => ReadYourWrites::resolve(
+                    mode.as_deref().unwrap_or(&routing.read_your_writes),
+                    window.unwrap_or(routing.read_your_writes_window_ms),
+                    &match mode {
+                        Some(_) => format!("users[{i}].read_your_writes"),
+                        None => "routing.read_your_writes".to_string(),
+                    },
+                    &window_key,
+                )?,
+            };
             users.push(User {
                 name: u.name.clone(),
                 hashes,
                 method,
+                read_your_writes: user_ryw,
             });
         }
         let topology = Arc::new(self.validate_nodes()?);
@@ -422,6 +535,7 @@ impl Config {
             topology,
             schema,
             blacklist,
+            read_your_writes,
         })
     }
 
@@ -804,6 +918,81 @@ date_ranges = ["2026-01..2026-06", "2026-07..2026-12"]
             "default_node = \"node9\"",
             "schema.default_node",
         );
+    }
+
+    #[test]
+    fn read_your_writes_is_off_by_default_and_overridable_per_user() {
+        let v = Config::from_toml(MINIMAL).unwrap().validate().unwrap();
+        assert_eq!(v.read_your_writes, ReadYourWrites::Off);
+        assert_eq!(v.users[0].read_your_writes, ReadYourWrites::Off);
+        assert!(!v.tracks_replica_positions());
+
+        let text = MINIMAL.replace(
+            "[[users]]",
+            "[routing]\nread_your_writes = \"window\"\nread_your_writes_window_ms = 250\n[[users]]",
+        );
+        let text = format!(
+            "{text}\n[[users]]\nname = \"reporting\"\npassword_native = \"*14E65567ABDB5135D0CFD9A70B3032C179A49EE7\"\nread_your_writes = \"gtid\"\n\
+             [[users]]\nname = \"batch\"\npassword_native = \"*14E65567ABDB5135D0CFD9A70B3032C179A49EE7\"\nread_your_writes_window_ms = 5000\n\
+             [[users]]\nname = \"legacy\"\npassword_native = \"*14E65567ABDB5135D0CFD9A70B3032C179A49EE7\"\nread_your_writes = \"off\"\n"
+        );
+        let v = Config::from_toml(&text).unwrap().validate().unwrap();
+        let ms = |n| ReadYourWrites::Window(Duration::from_millis(n));
+        assert_eq!(v.read_your_writes, ms(250));
+        let modes: Vec<_> = v.users.iter().map(|u| u.read_your_writes).collect();
+        assert_eq!(
+            modes,
+            vec![ms(250), ReadYourWrites::Gtid, ms(5000), ReadYourWrites::Off]
+        );
+        assert!(v.tracks_replica_positions());
+    }
+
+    #[test]
+    fn read_your_writes_mistakes_name_their_key() {
+        let check = |routing: &str, user: &str, key: &str| {
+            let text = MINIMAL
+                .replace("[[users]]", &format!("[routing]\n{routing}\n[[users]]"))
+                .replace("[node]", &format!("{user}\n[node]"));
+            let c = Config::from_toml(&text).unwrap();
+            assert_eq!(c.validate().unwrap_err().key, key, "{routing} / {user}");
+        };
+        check(
+            "read_your_writes = \"always\"",
+            "",
+            "routing.read_your_writes",
+        );
+        check(
+            "read_your_writes = \"window\"\nread_your_writes_window_ms = 0",
+            "",
+            "routing.read_your_writes_window_ms",
+        );
+        check(
+            "",
+            "read_your_writes = \"GTID\"",
+            "users[0].read_your_writes",
+        );
+        check(
+            "read_your_writes_window_ms = 0",
+            "read_your_writes = \"window\"",
+            "routing.read_your_writes_window_ms",
+        );
+        check(
+            "read_your_writes = \"window\"",
+            "read_your_writes_window_ms = 0",
+            "users[0].read_your_writes_window_ms",
+        );
+        // A global window of 0 is fine while nobody uses window mode.
+        let text = MINIMAL.replace(
+            "[[users]]",
+            "[routing]\nread_your_writes = \"gtid\"\nread_your_writes_window_ms = 0\n[[users]]",
+        );
+        assert!(Config::from_toml(&text).unwrap().validate().is_ok());
+        let e = Config::from_toml(&MINIMAL.replace(
+            "[[users]]",
+            "[routing]\nread_your_write = \"gtid\"\n[[users]]",
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("read_your_write"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod backend;
 pub mod config;
+pub mod gtid;
 pub mod merge;
 pub mod prepared;
 pub mod protocol;

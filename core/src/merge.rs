@@ -107,6 +107,8 @@ pub struct ShardResult {
     pub err: Option<ErrInfo>,
     pub warnings: u16,
     pub status: StatusFlags,
+    /// Session-state changes the OK reported (e.g. `last_gtid` after a write).
+    pub changes: Vec<protocol::StateChange>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +172,14 @@ impl Collector {
                             .ok_or_else(|| MergeError::Malformed("bad OK packet".into()))?;
                         self.result.warnings = ok.warnings;
                         self.result.status = ok.status;
+                        if ok
+                            .status
+                            .contains(StatusFlags::SERVER_SESSION_STATE_CHANGED)
+                        {
+                            if let Some((_, block)) = protocol::split_ok_tail(p, &ok) {
+                                self.result.changes = protocol::decode_state_changes(block);
+                            }
+                        }
                         self.result.ok = Some(ok);
                         self.phase = CollectPhase::Done;
                     }

@@ -20,7 +20,8 @@ use mysql_common::proto::MySerialize;
 
 use crate::auth::{AuthMethod, RsaKey, Sha2Cache};
 use crate::backend::{BackendMeta, Interest, ResponseKind, ResponseScanner, Step};
-use crate::config::User;
+use crate::config::{ReadYourWrites, User};
+use crate::gtid::GtidPos;
 use crate::merge;
 use crate::protocol::{
     self, cmd, code, err_payload, ok_payload, sql_state_for, FrameError, FrameReader, Packet,
@@ -29,7 +30,7 @@ use crate::router::{
     self, Access, BoundStatement, Plan, PreparedRoute, Router, ScatterMerge, ScatterPlan,
 };
 use crate::scatter::{Lane, LaneStep, ScatterRun};
-use crate::topology::BackendId;
+use crate::topology::{BackendId, Role};
 
 mod sharded_stmt;
 use sharded_stmt::ShardedStmt;
@@ -155,7 +156,7 @@ pub(crate) enum InternalPurpose {
 #[derive(Debug, Clone)]
 enum Forwarded {
     Plain,
-    Prepare { sql: Bytes },
+    Prepare { sql: Bytes, write: bool },
     InitDb { schema: String },
     SetOption { multi: bool },
     ResetConnection,
@@ -176,6 +177,21 @@ struct Prepared {
     types_sent: bool,
     /// Set for a statement over sharded tables, routed at each execute.
     sharded: Option<Box<ShardedStmt>>,
+    /// Whether executing it may write (read-your-writes counts it).
+    write: bool,
+}
+
+/// What a session last wrote to one node, for read-your-writes.
+#[derive(Debug, Clone, Default)]
+struct LastWrite {
+    /// The GTIDs of its writes there (`last_gtid` from the primary's OK
+    /// packets), the latest per replication domain.
+    gtid: GtidPos,
+    /// The primary reported a `last_gtid` Tessera could not read: no
+    /// replica can be shown to have it, so reads stay on the primary.
+    gtid_unknown: bool,
+    /// When the last write there finished.
+    at: Option<Instant>,
 }
 
 /// The session state the client set and expects on any backend connection.
@@ -240,6 +256,14 @@ pub struct Session {
     pending_login: Option<PendingLogin>,
     /// The routing of a statement over sharded tables being prepared.
     prepare_route: Option<Arc<BoundStatement>>,
+    /// The logged-in user's read-your-writes mode.
+    ryw: ReadYourWrites,
+    /// Per node (by index): the session's last write there.
+    written: Vec<LastWrite>,
+    /// The command being forwarded may write (its end counts as a write).
+    fwd_write: bool,
+    /// Whether the statement being prepared may write when executed.
+    prepare_writes: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -307,6 +331,10 @@ impl Session {
             last_error: None,
             pending_login: None,
             prepare_route: None,
+            ryw: ReadYourWrites::Off,
+            written: Vec::new(),
+            fwd_write: false,
+            prepare_writes: true,
         };
         s.send_greeting();
         s
@@ -637,11 +665,14 @@ impl Session {
             let phase = std::mem::replace(&mut self.phase, Phase::Closed);
             match phase {
                 Phase::Command(Busy::Forwarding { mut scanner, what }) => {
-                    let done = self.forward_response(&mut scanner, &what, buf);
+                    let done = self.forward_response(now, &mut scanner, &what, buf);
                     if done {
                         self.phase = Phase::Command(Busy::Idle);
                         self.backend_deadline = None;
                         self.last_backend = Some(self.active);
+                        if std::mem::take(&mut self.fwd_write) {
+                            self.note_write(self.active, None, now);
+                        }
                         self.on_forward_done(what);
                         self.end_statement_record();
                     } else {
@@ -954,6 +985,12 @@ impl Session {
         };
         login.auth_seq = reply_seq;
         self.user = login.user.clone();
+        self.ryw = self
+            .ctx
+            .users
+            .get(&self.user)
+            .map(|u| u.read_your_writes)
+            .unwrap_or_default();
         self.wanted = Wanted {
             schema: login.schema.clone(),
             vars: charset_vars(login.collation),
@@ -996,6 +1033,7 @@ impl Session {
     fn on_command(&mut self, now: Instant, pkt: Packet) {
         self.started = now;
         self.last_error = None;
+        self.fwd_write = false;
         let Some(&command) = pkt.payload.first() else {
             self.send_err(
                 1,
@@ -1109,6 +1147,7 @@ impl Session {
                 }
                 if let Some(st) = self.stmts.get(&id) {
                     self.active = st.backend;
+                    self.fwd_write = command == cmd::STMT_EXECUTE && st.write;
                 }
                 if let Some(tx) = self.tx_backend {
                     if tx != self.active {
@@ -1349,6 +1388,7 @@ impl Session {
                 ResponseKind::Prepare,
                 Forwarded::Prepare {
                     sql: pkt.payload.slice(1..),
+                    write: self.prepare_writes,
                 },
                 raw_frame(&pkt),
             ),
@@ -1566,8 +1606,9 @@ impl Session {
     }
 
     /// The backend a statement for `node` runs on: the transaction's, the
-    /// primary for writes (and anything in a transaction), else a replica.
-    fn pick(&self, node: usize, access: Access) -> Result<BackendId, String> {
+    /// primary for writes (and anything in a transaction), else a read
+    /// target (see [`Session::read_backend`]).
+    fn pick(&self, node: usize, access: Access, now: Instant) -> Result<BackendId, String> {
         let t = &self.router().topology;
         if let Some(tx) = self.tx_backend {
             if t.backend(tx).node != node {
@@ -1578,7 +1619,79 @@ impl Session {
         if access == Access::Write || self.pending_begin.is_some() || self.autocommit_off() {
             return Ok(t.primary(node));
         }
-        Ok(t.read_target(node))
+        Ok(self.read_backend(node, now))
+    }
+
+    /// Where a read of `node` goes: a replica by weight, unless
+    /// read-your-writes holds it back after the session wrote there: in
+    /// `gtid` mode only replicas known to have applied the session's writes
+    /// (else the primary), in `window` mode the primary until the window
+    /// after the last write has passed.
+    fn read_backend(&self, node: usize, now: Instant) -> BackendId {
+        let t = &self.router().topology;
+        let Some(w) = self.written.get(node) else {
+            return t.read_target(node);
+        };
+        match self.ryw {
+            ReadYourWrites::Off => t.read_target(node),
+            ReadYourWrites::Gtid if w.gtid_unknown => t.primary(node),
+            ReadYourWrites::Gtid => t.read_target_covering(node, &w.gtid),
+            ReadYourWrites::Window(window) => match w.at {
+                Some(at) if now.saturating_duration_since(at) < window => t.primary(node),
+                _ => t.read_target(node),
+            },
+        }
+    }
+
+    /// Remembers that the session wrote through `backend`, with the GTID of
+    /// the write when the backend reported one. Only a primary's writes
+    /// count: a node's writes happen there, and its GTIDs are the ones
+    /// replicas apply.
+    fn note_write(&mut self, backend: BackendId, gtid: Option<Result<GtidPos, ()>>, now: Instant) {
+        if self.ryw == ReadYourWrites::Off {
+            return;
+        }
+        let t = &self.ctx.router.topology;
+        let Some(b) = t.backends.get(backend.0 as usize) else {
+            return;
+        };
+        if b.role != Role::Primary {
+            return;
+        }
+        let (node, nodes) = (b.node, t.nodes.len());
+        if self.written.len() <= node {
+            self.written
+                .resize_with(nodes.max(node + 1), LastWrite::default);
+        }
+        let w = &mut self.written[node];
+        match gtid {
+            Some(Ok(g)) => w.gtid.merge(&g),
+            Some(Err(())) => w.gtid_unknown = true,
+            None => {}
+        }
+        w.at = Some(now);
+    }
+
+    /// Notes the `last_gtid` among session-state changes `backend` reported.
+    fn note_gtid_changes(
+        &mut self,
+        backend: BackendId,
+        changes: &[protocol::StateChange],
+        now: Instant,
+    ) {
+        if self.ryw == ReadYourWrites::Off {
+            return;
+        }
+        for c in changes {
+            if let protocol::StateChange::Variable { name, value } = c {
+                if name == "last_gtid" && !value.trim().is_empty() {
+                    let gtid = GtidPos::parse(value).map_err(|e| {
+                        tracing::warn!(error = %e, "unreadable last_gtid from the primary; this session's reads of the node stay on the primary");
+                    });
+                    self.note_write(backend, Some(gtid), now);
+                }
+            }
+        }
     }
 
     fn refuse(&mut self, code: u16, message: &str) {
@@ -1601,9 +1714,10 @@ impl Session {
 
     fn execute_plan(&mut self, now: Instant, pkt: Packet, plan: Plan) {
         match plan {
-            Plan::Single { node, access, sql } => match self.pick(node, access) {
+            Plan::Single { node, access, sql } => match self.pick(node, access, now) {
                 Ok(b) => {
                     self.active = b;
+                    self.fwd_write = access == Access::Write;
                     let pkt = match sql {
                         Some(s) => query_packet(&s),
                         None => pkt,
@@ -1614,11 +1728,15 @@ impl Session {
             },
             Plan::Sticky => {
                 self.active = self.sticky_backend();
+                // SET, EXECUTE, LOCK and the like may write or commit.
+                self.fwd_write = true;
                 self.forward_or_acquire(now, pkt);
             }
             Plan::Begin => match self.tx_backend {
                 Some(tx) => {
+                    // BEGIN in a transaction commits it.
                     self.active = tx;
+                    self.fwd_write = true;
                     self.forward_or_acquire(now, pkt);
                 }
                 None => {
@@ -1631,6 +1749,8 @@ impl Session {
             Plan::Commit | Plan::Rollback => match self.tx_backend {
                 Some(tx) => {
                     self.active = tx;
+                    // COMMIT publishes the transaction's writes.
+                    self.fwd_write = true;
                     self.forward_or_acquire(now, pkt);
                 }
                 None => {
@@ -1651,6 +1771,15 @@ impl Session {
         self.prepare_route = None;
         let route =
             std::str::from_utf8(&pkt.payload[1..]).map(|sql| self.ctx.router.route_prepare(sql));
+        // Executing it counts as a write unless it is a plain read.
+        self.prepare_writes = !matches!(
+            route,
+            Ok(PreparedRoute::Fixed(Plan::Single {
+                access: Access::Read,
+                sql: None,
+                ..
+            }))
+        );
         let node = match route {
             Ok(PreparedRoute::Bound(bound)) => return self.prepare_bound(now, pkt, bound),
             Ok(PreparedRoute::Fixed(Plan::Single { node, sql: None, .. })) => node,
@@ -1740,7 +1869,7 @@ impl Session {
         for (i, part) in plan.parts.iter().enumerate() {
             let b = match chosen.get(&part.node) {
                 Some(b) => *b,
-                None => match self.pick(part.node, plan.access) {
+                None => match self.pick(part.node, plan.access, now) {
                     Ok(b) => {
                         chosen.insert(part.node, b);
                         b
@@ -1890,6 +2019,9 @@ impl Session {
                 if let Some(err) = &result.err {
                     run.fail(err.code, err.message.clone());
                 } else {
+                    if matches!(step, LaneStep::Part(_) | LaneStep::End(true)) {
+                        self.note_gtid_changes(backend, &result.changes, now);
+                    }
                     match step {
                         LaneStep::Restore(_) => {
                             let wanted = self.wanted.clone();
@@ -1935,7 +2067,7 @@ impl Session {
 
     /// When every lane is done: COMMIT or ROLLBACK an atomic fan-out, then
     /// answer the client.
-    fn scatter_maybe_finish(&mut self, _now: Instant) {
+    fn scatter_maybe_finish(&mut self, now: Instant) {
         let Some(mut run) = self.take_scatter() else {
             return;
         };
@@ -1969,6 +2101,12 @@ impl Session {
         // is not one connection: let the next statement compare.
         self.last_backend = None;
         let run = *run;
+        if run.plan.access == Access::Write {
+            let lanes: Vec<BackendId> = run.lanes.keys().copied().collect();
+            for b in lanes {
+                self.note_write(b, None, now);
+            }
+        }
         if let Some((code, message)) = run.failed {
             self.send_err(1, code, &message);
             self.end_statement_record();
@@ -2014,6 +2152,7 @@ impl Session {
     /// Streams a forwarded response to the client. Returns true at its end.
     fn forward_response(
         &mut self,
+        now: Instant,
         scanner: &mut ResponseScanner,
         what: &Forwarded,
         buf: &mut BytesMut,
@@ -2049,7 +2188,7 @@ impl Session {
                                 && total > 9
                             {
                                 let payload = buf[payload_range.clone()].to_vec();
-                                self.track_state(&payload);
+                                self.track_state(&payload, now);
                                 if strip {
                                     if let Some(stripped) = protocol::strip_session_state(&payload)
                                     {
@@ -2068,9 +2207,9 @@ impl Session {
                         } => {
                             let client_id = self.next_stmt_id;
                             self.next_stmt_id = self.next_stmt_id.wrapping_add(1).max(1);
-                            let sql = match what {
-                                Forwarded::Prepare { sql } => sql.clone(),
-                                _ => Bytes::new(),
+                            let (sql, write) = match what {
+                                Forwarded::Prepare { sql, write } => (sql.clone(), *write),
+                                _ => (Bytes::new(), true),
                             };
                             self.stmts.insert(
                                 client_id,
@@ -2082,6 +2221,7 @@ impl Session {
                                     param_types: None,
                                     types_sent: false,
                                     sharded: self.prepare_route.take().map(ShardedStmt::new),
+                                    write,
                                 },
                             );
                             let mut payload = buf[payload_range].to_vec();
@@ -2117,7 +2257,7 @@ impl Session {
         }
     }
 
-    fn track_state(&mut self, ok_payload: &[u8]) {
+    fn track_state(&mut self, ok_payload: &[u8], now: Instant) {
         let Some(ok) = protocol::parse_ok(ok_payload) else {
             return;
         };
@@ -2126,6 +2266,7 @@ impl Session {
         };
         let changes = protocol::decode_state_changes(block);
         self.apply_backend_changes(&changes);
+        self.note_gtid_changes(self.active, &changes, now);
         if let Some(meta) = self.cur_mut() {
             for c in &changes {
                 match c {
@@ -2383,6 +2524,9 @@ fn command_u32(payload: &[u8]) -> Option<u32> {
         .get(1..5)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
+
+#[cfg(test)]
+mod ryw_tests;
 
 #[cfg(test)]
 mod tests {

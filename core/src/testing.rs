@@ -33,6 +33,7 @@ pub fn context(max_allowed_packet: usize) -> Arc<SessionContext> {
             name: USER.into(),
             hashes: PasswordHashes::from_password(PASSWORD),
             method: AuthMethod::Native,
+            read_your_writes: Default::default(),
         },
     );
     Arc::new(SessionContext {
@@ -124,15 +125,44 @@ pub fn handshake_response(greeting: &[u8], caps: CapabilityFlags) -> Vec<u8> {
     out.to_vec()
 }
 
+/// A context from a config file's text (users, nodes, schema and
+/// routing), as the proxy builds it. Give `app` the password [`PASSWORD`]
+/// (see [`password_native`]) to log in with [`logged_in_with`].
+pub fn context_from_config(text: &str) -> Arc<SessionContext> {
+    let v = crate::config::Config::from_toml(text)
+        .expect("config parses")
+        .validate()
+        .expect("config validates");
+    Arc::new(SessionContext {
+        users: v
+            .users
+            .iter()
+            .map(|u| (u.name.clone(), u.clone()))
+            .collect(),
+        sha2_cache: Arc::new(Sha2Cache::default()),
+        rsa: None,
+        server_version: "5.5.5-10.11.0-MariaDB".into(),
+        max_allowed_packet: 1 << 20,
+        record_statements: false,
+        backend_read_timeout: None,
+        router: Arc::new(Router::new(v.topology, v.schema, v.blacklist)),
+        merge_limit: 64 << 20,
+    })
+}
+
+/// [`PASSWORD`]'s `password_native` hash, for configs.
+pub fn password_native() -> String {
+    PasswordHashes::from_password(PASSWORD).native_string()
+}
+
 /// A session that has logged in `app` (no database).
 pub fn logged_in(now: Instant, caps: CapabilityFlags, max_allowed_packet: usize) -> Session {
-    let mut s = Session::new(
-        context(max_allowed_packet),
-        1,
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        [7; 20],
-        now,
-    );
+    logged_in_with(context(max_allowed_packet), now, caps)
+}
+
+/// A session of `ctx` that has logged in `app` (no database).
+pub fn logged_in_with(ctx: Arc<SessionContext>, now: Instant, caps: CapabilityFlags) -> Session {
+    let mut s = Session::new(ctx, 1, IpAddr::V4(Ipv4Addr::LOCALHOST), [7; 20], now);
     let greeting = drain(&mut s).to_client;
     let mut buf = BytesMut::from(&handshake_response(&greeting, caps)[..]);
     s.handle_client_data(now, &mut buf);
@@ -153,6 +183,28 @@ pub fn backend_meta(caps: CapabilityFlags) -> BackendMeta {
             | CapabilityFlags::CLIENT_PROTOCOL_41,
         state: ConnState::default(),
     }
+}
+
+/// An OK packet (seq 1) after a write, reporting through session tracking
+/// that `last_gtid` is now `gtid`, as MariaDB does after a commit.
+pub fn ok_with_last_gtid(gtid: &str) -> Vec<u8> {
+    let mut p = protocol::ok_payload(
+        0,
+        1,
+        0,
+        StatusFlags::SERVER_STATUS_AUTOCOMMIT | StatusFlags::SERVER_SESSION_STATE_CHANGED,
+        0,
+    );
+    protocol::put_lenenc_str(&mut p, b"");
+    let mut var = Vec::new();
+    protocol::put_lenenc_str(&mut var, b"last_gtid");
+    protocol::put_lenenc_str(&mut var, gtid.as_bytes());
+    let mut block = vec![0x00];
+    protocol::put_lenenc_str(&mut block, &var);
+    protocol::put_lenenc_str(&mut p, &block);
+    let mut out = BytesMut::new();
+    protocol::write_packet(&mut out, 1, &p);
+    out.to_vec()
 }
 
 /// An OK packet (seq 1) as a backend answers a command.

@@ -3,10 +3,14 @@
 //!
 //! The topology is an immutable snapshot shared by all sessions; only the
 //! health flags and the read round-robin counters change, through atomics,
-//! so the hot path never takes a lock.
+//! so the hot path never takes a lock. Replica GTID positions (for
+//! read-your-writes) sit behind a read-write lock that only reads of
+//! sessions waiting for their own writes look at.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+
+use crate::gtid::GtidPos;
 
 /// Index of a backend in [`Topology::backends`]; the driver keeps one pool
 /// per backend.
@@ -51,6 +55,9 @@ pub struct Topology {
     pub default_node: usize,
     up: Vec<AtomicBool>,
     next_read: Vec<AtomicUsize>,
+    /// Per backend: the GTID position it was last seen to have applied
+    /// (`None`: unknown). The driver polls replicas and stores it here.
+    positions: Vec<RwLock<Option<GtidPos>>>,
 }
 
 impl Topology {
@@ -84,12 +91,14 @@ impl Topology {
         }
         let up = backends.iter().map(|_| AtomicBool::new(true)).collect();
         let next_read = out_nodes.iter().map(|_| AtomicUsize::new(0)).collect();
+        let positions = backends.iter().map(|_| RwLock::new(None)).collect();
         Self {
             nodes: out_nodes,
             backends,
             default_node,
             up,
             next_read,
+            positions,
         }
     }
 
@@ -122,6 +131,58 @@ impl Topology {
             }
         }
         n.primary
+    }
+
+    /// The backend for a read on `node` that must see the transactions in
+    /// `required`: the next up entry of the weighted order whose known
+    /// position covers them (the primary always does), else the primary.
+    /// A replica of unknown position is never taken, so the read is never
+    /// stale; positions only grow, so one polled a moment ago can only
+    /// understate what the replica has applied.
+    pub fn read_target_covering(&self, node: usize, required: &GtidPos) -> BackendId {
+        if required.is_empty() {
+            return self.read_target(node);
+        }
+        let n = &self.nodes[node];
+        let len = n.read_order.len();
+        if len > 0 {
+            let start = self.next_read[node].fetch_add(1, Ordering::Relaxed);
+            for k in 0..len {
+                let id = n.read_order[(start + k) % len];
+                if !self.is_up(id) {
+                    continue;
+                }
+                if id == n.primary || self.position_covers(id, required) {
+                    return id;
+                }
+            }
+        }
+        n.primary
+    }
+
+    fn position_covers(&self, id: BackendId, required: &GtidPos) -> bool {
+        self.positions
+            .get(id.0 as usize)
+            .and_then(|p| p.read().ok())
+            .is_some_and(|p| p.as_ref().is_some_and(|p| p.covers(required)))
+    }
+
+    /// Records the GTID position a backend has applied (`None`: unknown,
+    /// e.g. the poll failed).
+    pub fn set_position(&self, id: BackendId, pos: Option<GtidPos>) {
+        if let Some(slot) = self.positions.get(id.0 as usize) {
+            if let Ok(mut p) = slot.write() {
+                *p = pos;
+            }
+        }
+    }
+
+    /// The last known position of a backend.
+    pub fn position(&self, id: BackendId) -> Option<GtidPos> {
+        self.positions
+            .get(id.0 as usize)
+            .and_then(|p| p.read().ok())
+            .and_then(|p| p.clone())
     }
 
     pub fn is_up(&self, id: BackendId) -> bool {
@@ -219,6 +280,57 @@ mod tests {
         assert!((0..10).all(|_| t.read_target(0) == BackendId(1)));
         t.set_up(BackendId(1), false);
         assert_eq!(t.read_target(0), BackendId(0), "no replica up: the primary");
+    }
+
+    #[test]
+    fn reads_needing_a_gtid_take_only_replicas_that_have_it() {
+        let t = Topology::new(
+            vec![(
+                "n1".into(),
+                backend("p", 0),
+                vec![backend("r1", 1), backend("r2", 1)],
+                false,
+            )],
+            0,
+        );
+        let (p, r1, r2) = (BackendId(0), BackendId(1), BackendId(2));
+        let need = GtidPos::parse("0-1-10").unwrap();
+        // Positions unknown: the primary, never a replica.
+        assert!((0..6).all(|_| t.read_target_covering(0, &need) == p));
+        // Nothing required: plain weighted reads.
+        let none = GtidPos::default();
+        assert!((0..6).all(|_| t.read_target_covering(0, &none) != p));
+        t.set_position(r1, Some(GtidPos::parse("0-1-9").unwrap()));
+        t.set_position(r2, Some(GtidPos::parse("0-1-10,1-1-3").unwrap()));
+        assert!((0..6).all(|_| t.read_target_covering(0, &need) == r2));
+        // Another domain r2 lacks.
+        let both = GtidPos::parse("0-1-10,2-1-1").unwrap();
+        assert_eq!(t.read_target_covering(0, &both), p);
+        t.set_position(r1, Some(GtidPos::parse("0-1-12").unwrap()));
+        let mut seen = [0usize; 3];
+        for _ in 0..10 {
+            seen[t.read_target_covering(0, &need).0 as usize] += 1;
+        }
+        assert_eq!(seen, [0, 5, 5], "both caught up: weights again");
+        // A down replica is skipped even if it has the GTID.
+        t.set_up(r2, false);
+        assert!((0..6).all(|_| t.read_target_covering(0, &need) == r1));
+        t.set_position(r1, None);
+        assert_eq!(t.read_target_covering(0, &need), p, "position lost");
+        assert_eq!(
+            t.position(r2),
+            Some(GtidPos::parse("0-1-10,1-1-3").unwrap())
+        );
+    }
+
+    #[test]
+    fn a_primary_taking_reads_is_always_fresh_enough() {
+        let t = Topology::new(
+            vec![("n1".into(), backend("p", 0), vec![backend("r1", 1)], true)],
+            0,
+        );
+        let need = GtidPos::parse("0-1-10").unwrap();
+        assert!((0..4).all(|_| t.read_target_covering(0, &need) == BackendId(0)));
     }
 
     #[test]

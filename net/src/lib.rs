@@ -6,5 +6,6 @@ pub mod mariadbd;
 pub mod playground;
 pub mod pool;
 pub mod proxy;
+pub mod replicas;
 pub mod server;
 pub mod transport;

@@ -109,6 +109,58 @@ pub async fn connect_and_login<C: Connector>(
     }
 }
 
+/// Why [`query_value`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The connection broke or the answer made no sense: drop it.
+    #[error("{0}")]
+    Broken(String),
+    /// The backend refused the statement; the connection is still good.
+    #[error("backend answered with error {}: {}", .0.code, .0.message)]
+    Server(tessera_core::protocol::ErrInfo),
+}
+
+/// Runs a text query on a connection and returns the first column of its
+/// first row (`None`: no row, or NULL).
+pub async fn query_value<S: Stream>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    meta: &BackendMeta,
+    sql: &str,
+) -> Result<Option<String>, QueryError> {
+    let broken = |e: &dyn std::fmt::Display| QueryError::Broken(e.to_string());
+    stream
+        .write_all(&backend::query_request(sql))
+        .await
+        .map_err(|e| broken(&e))?;
+    let deprecate = meta
+        .capabilities
+        .contains(CapabilityFlags::CLIENT_DEPRECATE_EOF);
+    let mut collector = tessera_core::merge::Collector::new(deprecate, 1 << 20);
+    loop {
+        if collector.feed(buf).map_err(|e| broken(&e))? {
+            break;
+        }
+        if stream.read_buf(buf).await.map_err(|e| broken(&e))? == 0 {
+            return Err(QueryError::Broken("backend closed the connection".into()));
+        }
+    }
+    if !buf.is_empty() {
+        return Err(QueryError::Broken(
+            "unexpected data after the answer".into(),
+        ));
+    }
+    let result = collector.take();
+    if let Some(e) = result.err {
+        return Err(QueryError::Server(e));
+    }
+    Ok(result
+        .rows
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .map(|v| String::from_utf8_lossy(&v).into_owned()))
+}
+
 /// Sends a one-packet command (reset, ping) and checks its OK.
 async fn round_trip<S: Stream>(
     conn: &mut BackendConn<S>,
@@ -384,6 +436,18 @@ impl<C: Connector> Pool<C> {
             addr: i.addr.clone(),
             source,
         })
+    }
+
+    /// Opens a connection of its own, outside the pool's limit (the replica
+    /// position poller keeps one).
+    pub async fn connect_unpooled(&self) -> Result<(C::Stream, BytesMut, BackendMeta), PoolError> {
+        self.connect(fmt_caps()).await
+    }
+
+    /// How long connecting may take; also how long Tessera's own statements
+    /// to a backend may take.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.cfg.connect_timeout_ms)
     }
 
     /// Asks the backend for its version string (at startup, for the greeting).

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use crate::logs::StatementLogger;
 use crate::pool::{BackendConn, Pool};
+use crate::replicas;
 use crate::transport::{Connector, Listener, Stream};
 
 /// Greeting version when the backend cannot be asked at start.
@@ -54,6 +55,8 @@ pub struct Shared<C: Connector> {
     sessions: Mutex<HashMap<u32, SessionHandle>>,
     logger: Option<StatementLogger>,
     client_idle_timeout: Option<Duration>,
+    /// Some user reads by GTID: replica positions are polled.
+    track_positions: bool,
     /// Source of handshake nonces: OS entropy in production, a seed in simulation.
     rng: Mutex<rand::rngs::StdRng>,
 }
@@ -88,6 +91,7 @@ pub async fn build_shared_seeded<C: Connector>(
         None => rand::rngs::StdRng::from_entropy(),
     };
     let v = config.validate()?;
+    let track_positions = v.tracks_replica_positions();
     let pools: Vec<Pool<C>> = v
         .topology
         .backends
@@ -159,6 +163,7 @@ pub async fn build_shared_seeded<C: Connector>(
         logger,
         client_idle_timeout: (config.client_idle_timeout_ms > 0)
             .then(|| Duration::from_millis(config.client_idle_timeout_ms)),
+        track_positions,
         rng: Mutex::new(rng),
     }))
 }
@@ -177,10 +182,15 @@ pub async fn serve<L: Listener, C: Connector>(
     for p in &shared.pools {
         tokio::spawn(p.clone().maintain());
     }
+    // Dropped (so aborted) when serving ends.
+    let mut watchers = JoinSet::new();
     for (i, b) in shared.topology.backends.iter().enumerate() {
         if b.role == Role::Replica {
             let id = BackendId(i as u16);
-            tokio::spawn(watch_replica(shared.clone(), id));
+            watchers.spawn(replicas::watch_health(shared.clone(), id));
+            if shared.track_positions {
+                watchers.spawn(replicas::watch_position(shared.clone(), id));
+            }
         }
     }
     loop {
@@ -226,22 +236,6 @@ pub async fn serve<L: Listener, C: Connector>(
         }
     }
 }
-
-/// Marks a replica down while it cannot be reached, so reads skip it.
-async fn watch_replica<C: Connector>(shared: Arc<Shared<C>>, id: BackendId) {
-    let pool = shared.pools[id.0 as usize].clone();
-    loop {
-        let up = pool.run_once("DO 1").await.is_ok();
-        if up != shared.topology.is_up(id) {
-            tracing::warn!(backend = pool.addr(), up, "replica health changed");
-        }
-        shared.topology.set_up(id, up);
-        tokio::time::sleep(Duration::from_millis(HEALTH_INTERVAL_MS)).await;
-    }
-}
-
-/// How often replicas are checked.
-const HEALTH_INTERVAL_MS: u64 = 2000;
 
 /// Refuses a client before the handshake with an ERR packet (seq 0).
 async fn refuse<S: Stream>(mut stream: S, code: u16, message: &str) {

@@ -64,7 +64,7 @@ impl Session {
                 )
             }
         };
-        let backend = match self.pick(node, Access::Write) {
+        let backend = match self.pick(node, Access::Write, now) {
             Ok(b) => b,
             Err(msg) => return self.refuse(router::ER_ROUTING, &msg),
         };
@@ -193,10 +193,11 @@ impl Session {
                 )
             }
         };
-        let backend = match self.pick(node, Access::Write) {
+        let backend = match self.pick(node, Access::Write, now) {
             Ok(b) => b,
             Err(msg) => return self.refuse(router::ER_ROUTING, &msg),
         };
+        self.fwd_write = self.stmts.get(&id).is_some_and(|s| s.write);
         let target = self.variant(id, backend, sql, sent_types);
         let mut p = pkt.payload.to_vec();
         p[1..5].copy_from_slice(&target.to_le_bytes());
@@ -223,6 +224,7 @@ impl Session {
         }
         let param_types = parent.param_types.clone();
         let params = parent.params;
+        let write = parent.write;
         let own = parent.backend == backend && parent.sql.as_ref() == sql.as_bytes();
         let Some(sharded) = parent.sharded.as_deref_mut() else {
             return id;
@@ -256,6 +258,7 @@ impl Session {
                 param_types,
                 types_sent: false,
                 sharded: None,
+                write,
             },
         );
         v
