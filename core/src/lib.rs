@@ -9,6 +9,7 @@ pub mod merge;
 pub mod protocol;
 pub mod router;
 pub mod scatter;
+pub mod sequence;
 pub mod session;
 pub mod shard;
 #[cfg(any(test, feature = "testing"))]

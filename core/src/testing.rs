@@ -45,6 +45,7 @@ pub fn context(max_allowed_packet: usize) -> Arc<SessionContext> {
         backend_read_timeout: None,
         router: single_node_router(),
         merge_limit: 64 << 20,
+        sequences: Default::default(),
     })
 }
 
@@ -126,13 +127,12 @@ pub fn handshake_response(greeting: &[u8], caps: CapabilityFlags) -> Vec<u8> {
 
 /// A session that has logged in `app` (no database).
 pub fn logged_in(now: Instant, caps: CapabilityFlags, max_allowed_packet: usize) -> Session {
-    let mut s = Session::new(
-        context(max_allowed_packet),
-        1,
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        [7; 20],
-        now,
-    );
+    logged_in_with(context(max_allowed_packet), now, caps)
+}
+
+/// A session of `ctx` (which must know the user `app`) that has logged in.
+pub fn logged_in_with(ctx: Arc<SessionContext>, now: Instant, caps: CapabilityFlags) -> Session {
+    let mut s = Session::new(ctx, 1, IpAddr::V4(Ipv4Addr::LOCALHOST), [7; 20], now);
     let greeting = drain(&mut s).to_client;
     let mut buf = BytesMut::from(&handshake_response(&greeting, caps)[..]);
     s.handle_client_data(now, &mut buf);

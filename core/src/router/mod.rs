@@ -9,6 +9,7 @@
 mod blacklist;
 mod keys;
 mod select;
+pub mod sequence;
 pub mod text;
 mod write;
 
@@ -19,6 +20,7 @@ use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
 
 pub use blacklist::{fingerprint, Blacklist};
+pub use sequence::{Filled, SequenceInsert};
 
 use crate::merge::MergeSpec;
 use crate::shard::Schema;
@@ -46,6 +48,9 @@ pub enum Plan {
     Sticky,
     /// Several sub-tables or nodes.
     Scatter(Box<ScatterPlan>),
+    /// An INSERT whose sequence column Tessera fills: the session gets ids
+    /// and [fills](SequenceInsert::fill) it into a `Single` or `Scatter` plan.
+    Sequence(Box<SequenceInsert>),
     Begin,
     Commit,
     Rollback,
@@ -474,6 +479,7 @@ pub fn explain_rows(router: &Router, plan: &Plan) -> Vec<[String; 4]> {
             "(statement as sent)".into(),
             "transaction control".into(),
         ]],
+        Plan::Sequence(seq) => seq.explain(&router.schema, node_name),
         Plan::Explain(_) => vec![],
         Plan::Refuse { code, message } => vec![[
             "(none)".into(),
