@@ -208,6 +208,7 @@ fn setup_session() -> Fixture {
         backend_read_timeout: None,
         router: tessera_core::testing::single_node_router(),
         merge_limit: 64 << 20,
+        sequences: Default::default(),
     });
     let now = Instant::now();
     let client = IpAddr::V4(Ipv4Addr::LOCALHOST);

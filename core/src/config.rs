@@ -184,6 +184,13 @@ pub struct SchemaConfig {
     pub broadcast: Vec<String>,
     #[serde(default)]
     pub tables: Vec<ShardedTableConfig>,
+    /// Database holding `tessera_sequences` on the default node's primary
+    /// (needed when a table has a `sequence`).
+    #[serde(default)]
+    pub sequence_database: Option<String>,
+    /// Ids a proxy takes from a sequence at a time (default 1000).
+    #[serde(default)]
+    pub sequence_block: Option<u64>,
 }
 
 /// A logical table split into sub-tables spread over nodes.
@@ -212,9 +219,13 @@ pub struct ShardedTableConfig {
     /// Periods per node (year/month/day), e.g. `["2026-01..2026-06", "2026-07..2026-12"]`.
     #[serde(default)]
     pub date_ranges: Vec<String>,
-    /// Column Tessera fills from a global sequence when an INSERT leaves it out.
+    /// Column Tessera fills from a global sequence when an INSERT leaves it
+    /// out (or gives NULL or 0), as AUTO_INCREMENT would.
     #[serde(default)]
     pub sequence: Option<String>,
+    /// Ids taken from this table's sequence at a time (default: `schema.sequence_block`).
+    #[serde(default)]
+    pub sequence_block: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -228,6 +239,11 @@ pub struct BlacklistConfig {
     #[serde(default)]
     pub patterns: Vec<String>,
 }
+
+/// Ids taken from a sequence at a time unless configured.
+pub const DEFAULT_SEQUENCE_BLOCK: u64 = 1000;
+/// The largest block size accepted.
+pub const MAX_SEQUENCE_BLOCK: u64 = 1_000_000_000;
 
 fn default_key_type() -> String {
     "int".into()
@@ -620,6 +636,28 @@ impl Config {
 
     fn validate_schema(&self, topology: &Topology) -> Result<Schema, ConfigError> {
         let mut tables = HashMap::new();
+        let check_block = |key: String, b: u64| {
+            if b == 0 || b > MAX_SEQUENCE_BLOCK {
+                Err(bad(
+                    key,
+                    format!("must be between 1 and {MAX_SEQUENCE_BLOCK}"),
+                ))
+            } else {
+                Ok(b)
+            }
+        };
+        let default_block = match self.schema.sequence_block {
+            Some(b) => check_block("schema.sequence_block".into(), b)?,
+            None => DEFAULT_SEQUENCE_BLOCK,
+        };
+        if let Some(db) = &self.schema.sequence_database {
+            if db.is_empty() || db.len() > 64 || db.contains(['`', '\0']) {
+                return Err(bad(
+                    "schema.sequence_database",
+                    "must be a database name of 1 to 64 characters without backticks",
+                ));
+            }
+        }
         for (i, t) in self.schema.tables.iter().enumerate() {
             let key = |k: &str| format!("schema.tables[{i}].{k}");
             if t.name.is_empty() {
@@ -766,6 +804,51 @@ impl Config {
                     ShardFn::Hash(kt)
                 }
             };
+            let sequence = match &t.sequence {
+                None => None,
+                Some(col) => {
+                    if col.is_empty() || col.contains('`') {
+                        return Err(bad(
+                            key("sequence"),
+                            "must name the column Tessera fills (without backticks)",
+                        ));
+                    }
+                    if col.eq_ignore_ascii_case(&t.key) && date_unit.is_some() {
+                        return Err(bad(
+                            key("sequence"),
+                            format!(
+                                "the shard key `{}` is a date ({} sharding) and cannot be filled from a sequence",
+                                t.key, t.function
+                            ),
+                        ));
+                    }
+                    if self.schema.sequence_database.is_none() {
+                        return Err(bad(
+                            "schema.sequence_database",
+                            format!(
+                                "needed because schema.tables[{i}] has a sequence: the database on the default node that holds tessera_sequences"
+                            ),
+                        ));
+                    }
+                    if t.name.len() > 64 {
+                        return Err(bad(
+                            key("name"),
+                            "a table with a sequence needs a name of at most 64 characters",
+                        ));
+                    }
+                    Some(col.to_ascii_lowercase())
+                }
+            };
+            let sequence_block = match t.sequence_block {
+                Some(_) if sequence.is_none() => {
+                    return Err(bad(
+                        key("sequence_block"),
+                        "set only together with `sequence`",
+                    ))
+                }
+                Some(b) => check_block(key("sequence_block"), b)?,
+                None => default_block,
+            };
             tables.insert(
                 lname,
                 Arc::new(ShardedTable {
@@ -773,7 +856,8 @@ impl Config {
                     key: t.key.to_ascii_lowercase(),
                     function,
                     sub_tables,
-                    sequence: t.sequence.as_ref().map(|s| s.to_ascii_lowercase()),
+                    sequence,
+                    sequence_block,
                 }),
             );
         }
@@ -786,6 +870,7 @@ impl Config {
                 .map(|b| b.to_ascii_lowercase())
                 .collect(),
             default_node: topology.default_node,
+            sequence_database: self.schema.sequence_database.clone(),
         })
     }
 }

@@ -11,6 +11,7 @@ pub mod prepared;
 pub mod protocol;
 pub mod router;
 pub mod scatter;
+pub mod sequence;
 pub mod session;
 pub mod shard;
 #[cfg(any(test, feature = "testing"))]

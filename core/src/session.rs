@@ -28,8 +28,10 @@ use crate::protocol::{
 };
 use crate::router::{
     self, Access, BoundStatement, Plan, PreparedRoute, Router, ScatterMerge, ScatterPlan,
+    SequenceInsert,
 };
 use crate::scatter::{Lane, LaneStep, ScatterRun};
+use crate::sequence::Sequences;
 use crate::topology::{BackendId, Role};
 
 mod sharded_stmt;
@@ -53,6 +55,8 @@ pub struct SessionContext {
     pub router: Arc<Router>,
     /// Largest result a scatter query may buffer for merging, in bytes.
     pub merge_limit: usize,
+    /// Ids of global sequences this proxy holds, shared by every session.
+    pub sequences: Arc<Sequences>,
 }
 
 /// What the driver must do next.
@@ -77,6 +81,11 @@ pub enum Output {
         connection_id: u32,
         query_only: bool,
     },
+    /// Take `count` ids from the global sequence of sharded table `table`
+    /// (lower case) in `tessera_sequences` on the default node's primary, in
+    /// autocommit on a connection that is not the session's (answer with
+    /// `handle_sequence_block`). See [`crate::sequence`] for the SQL.
+    AllocateSequence { table: String, count: u64 },
     /// A statement finished (only with `record_statements`).
     Statement(StatementRecord),
     /// Close the client connection (after writing what came before).
@@ -134,6 +143,8 @@ enum Busy {
     },
     /// Waiting for the driver to carry out a KILL.
     Killing,
+    /// An INSERT waiting for ids from its table's sequence.
+    Sequence(Box<SequenceWait>),
     /// A statement fanned out to several sub-tables or nodes.
     Scatter(Box<ScatterRun>),
 }
@@ -150,6 +161,24 @@ pub(crate) enum InternalPurpose {
     Begin,
     /// Re-preparing a client statement on a new backend connection.
     Reprepare(u32),
+}
+
+/// An INSERT whose sequence column needs ids the proxy does not hold yet.
+#[derive(Debug)]
+struct SequenceWait {
+    pkt: Packet,
+    seq: Box<SequenceInsert>,
+    /// NO_AUTO_VALUE_ON_ZERO: a 0 given stays 0.
+    keep_zero: bool,
+    want: usize,
+    ids: Vec<i64>,
+    /// The statement must stay on one node (it runs in a transaction):
+    /// ids that would send a row elsewhere are skipped.
+    one_node: bool,
+    /// That node, once known.
+    target: Option<usize>,
+    /// Ids skipped so far.
+    skipped: u64,
 }
 
 /// What a forwarded command needs when its response ends.
@@ -264,6 +293,9 @@ pub struct Session {
     fwd_write: bool,
     /// Whether the statement being prepared may write when executed.
     prepare_writes: bool,
+    /// The first id a sequence generated for the statement in progress, and
+    /// the node of the row that got it.
+    generated: Option<(i64, Option<usize>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -335,6 +367,7 @@ impl Session {
             written: Vec::new(),
             fwd_write: false,
             prepare_writes: true,
+            generated: None,
         };
         s.send_greeting();
         s
@@ -465,7 +498,7 @@ impl Session {
         }
         let reusable = matches!(
             self.phase,
-            Phase::Command(Busy::Idle | Busy::Acquiring | Busy::Killing)
+            Phase::Command(Busy::Idle | Busy::Acquiring | Busy::Killing | Busy::Sequence(_))
         );
         self.release_backend(reusable);
         self.phase = Phase::Closed;
@@ -544,7 +577,7 @@ impl Session {
         if !matches!(self.phase, Phase::Closed) {
             let reusable = matches!(
                 self.phase,
-                Phase::Command(Busy::Idle | Busy::Acquiring | Busy::Killing)
+                Phase::Command(Busy::Idle | Busy::Acquiring | Busy::Killing | Busy::Sequence(_))
             );
             self.release_backend(reusable);
             self.phase = Phase::Closed;
@@ -1034,6 +1067,7 @@ impl Session {
         self.started = now;
         self.last_error = None;
         self.fwd_write = false;
+        self.generated = None;
         let Some(&command) = pkt.payload.first() else {
             self.send_err(
                 1,
@@ -1762,6 +1796,149 @@ impl Session {
             Plan::Explain(inner) => self.explain(&inner),
             Plan::Refuse { code, message } => self.refuse(code, &message),
             Plan::Scatter(plan) => self.start_scatter(now, *plan),
+            Plan::Sequence(seq) => self.start_sequence(now, pkt, seq),
+        }
+    }
+
+    // ------------------------------------------------------------ sequences
+
+    fn keep_zero(&self) -> bool {
+        self.wanted
+            .vars
+            .get("sql_mode")
+            .is_some_and(|m| m.to_ascii_uppercase().contains("NO_AUTO_VALUE_ON_ZERO"))
+    }
+
+    /// An INSERT that needs generated ids: from the ids the proxy holds, or
+    /// after the driver allocated a block.
+    fn start_sequence(&mut self, now: Instant, pkt: Packet, seq: Box<SequenceInsert>) {
+        let keep_zero = self.keep_zero();
+        let want = seq.wanted(keep_zero);
+        let one_node =
+            self.tx_backend.is_some() || self.pending_begin.is_some() || self.autocommit_off();
+        let router = self.ctx.router.clone();
+        let target = match self.tx_backend {
+            Some(tx) => Some(router.topology.backend(tx).node),
+            None if one_node => seq
+                .known_nodes(&router.schema, keep_zero)
+                .into_iter()
+                .next(),
+            None => None,
+        };
+        let wait = SequenceWait {
+            pkt,
+            seq,
+            keep_zero,
+            want,
+            ids: Vec::with_capacity(want),
+            one_node,
+            target,
+            skipped: 0,
+        };
+        self.continue_sequence(now, wait, None);
+    }
+
+    /// Draws ids (adding `block` first), then runs the statement or asks for
+    /// another block.
+    fn continue_sequence(
+        &mut self,
+        now: Instant,
+        mut w: SequenceWait,
+        block: Option<std::ops::Range<i64>>,
+    ) {
+        let router = self.ctx.router.clone();
+        let schema = &router.schema;
+        let seq = &w.seq;
+        let one_node = w.one_node;
+        let target = &mut w.target;
+        let accept = |id: i64| {
+            if !one_node {
+                return true;
+            }
+            match (seq.node_of(schema, id), *target) {
+                (None, _) => true,
+                (Some(n), None) => {
+                    *target = Some(n);
+                    true
+                }
+                (Some(n), Some(t)) => n == t,
+            }
+        };
+        let sequences = &self.ctx.sequences;
+        w.skipped += match block {
+            Some(b) => sequences.add_and_draw(&seq.table, b, w.want, accept, &mut w.ids),
+            None => sequences.draw(&seq.table, w.want, accept, &mut w.ids),
+        };
+        if w.ids.len() >= w.want {
+            match w.seq.fill(schema, &w.ids, w.keep_zero) {
+                Ok(filled) => {
+                    self.generated = filled.first_id.map(|id| (id, filled.first_node));
+                    self.execute_plan(now, w.pkt, filled.plan);
+                }
+                Err(msg) => self.refuse(router::ER_ROUTING, &msg),
+            }
+            return;
+        }
+        let block = schema
+            .sharded(&w.seq.table)
+            .map(|t| t.sequence_block)
+            .unwrap_or(crate::config::DEFAULT_SEQUENCE_BLOCK);
+        let count = block.max((w.want - w.ids.len()) as u64);
+        if w.skipped > 10 * count {
+            let node = w.target.map(|n| self.node_name(n)).unwrap_or_default();
+            let msg = format!(
+                "Tessera found no id from the sequence of `{}` for node `{node}` among the next {} ids: a transaction stays on one node, and the generated `{}` values would send these rows elsewhere. Insert them outside the transaction, or give `{}` explicitly",
+                w.seq.table, w.skipped, w.seq.column, w.seq.column
+            );
+            return self.refuse(router::ER_ROUTING, &msg);
+        }
+        let table = w.seq.table.clone();
+        self.phase = Phase::Command(Busy::Sequence(Box::new(w)));
+        self.out
+            .push_back(Output::AllocateSequence { table, count });
+    }
+
+    /// The driver allocated ids for `table` (after `AllocateSequence`): the
+    /// waiting INSERT runs, or gets an error saying why there are no ids. A
+    /// block nobody waits for any more is kept for the next INSERT.
+    pub fn handle_sequence_block(
+        &mut self,
+        now: Instant,
+        table: &str,
+        result: Result<std::ops::Range<i64>, String>,
+    ) {
+        let waiting =
+            matches!(&self.phase, Phase::Command(Busy::Sequence(w)) if w.seq.table == table);
+        if !waiting {
+            if let Ok(block) = result {
+                self.ctx
+                    .sequences
+                    .add_and_draw(table, block, 0, |_| true, &mut Vec::new());
+            }
+            return;
+        }
+        let Phase::Command(Busy::Sequence(w)) =
+            std::mem::replace(&mut self.phase, Phase::Command(Busy::Idle))
+        else {
+            return;
+        };
+        match result {
+            Ok(block) => self.continue_sequence(now, *w, Some(block)),
+            Err(reason) => {
+                let db = self
+                    .router()
+                    .schema
+                    .sequence_database
+                    .clone()
+                    .unwrap_or_default();
+                let msg = format!(
+                    "Tessera could not allocate ids for `{}`.`{}` from {db}.{} on the default node's primary: {reason}",
+                    w.seq.table,
+                    w.seq.column,
+                    crate::sequence::TABLE
+                );
+                self.refuse(code::ER_UNKNOWN_ERROR, &msg);
+            }
         }
     }
 
@@ -1785,6 +1962,12 @@ impl Session {
             Ok(PreparedRoute::Fixed(Plan::Single { node, sql: None, .. })) => node,
             Ok(PreparedRoute::Fixed(Plan::Refuse { code, message })) => {
                 return self.refuse(code, &message)
+            }
+            Ok(PreparedRoute::Fixed(Plan::Sequence(_))) => {
+                return self.refuse(
+                    router::ER_NOT_SUPPORTED,
+                    "A prepared INSERT that needs ids from a Tessera sequence is not supported; give the id or send the INSERT as text",
+                )
             }
             Ok(PreparedRoute::Fixed(Plan::Single { .. } | Plan::Scatter(_))) => {
                 return self.refuse(
@@ -2136,6 +2319,19 @@ impl Session {
                         }
                     }
                     warnings = warnings.saturating_add(r.warnings);
+                }
+                if let Some((first, node)) = self.generated.take() {
+                    // The first generated id, as MySQL reports a multi-row
+                    // insert; LAST_INSERT_ID() holds it on that row's node,
+                    // where the session's connection-bound statements now go.
+                    last_id = first as u64;
+                    let t = self.router().topology.clone();
+                    self.last_backend = node.and_then(|n| {
+                        run.lanes
+                            .keys()
+                            .copied()
+                            .find(|b| t.backend(*b).node == n && self.slots.contains_key(b))
+                    });
                 }
                 let status = self.status_flags();
                 self.out.push_back(Output::ToClient(frame(
@@ -2628,6 +2824,183 @@ mod tests {
         assert_eq!(d.to_client.get(4), Some(&0xff));
         assert!(d.to_backend.is_empty());
         assert!(s.is_idle());
+    }
+
+    /// A context whose router shards `stu` by a sequence-filled `id` over
+    /// `nodes` nodes (4 sub-tables each, one primary per node).
+    fn sequence_context(nodes: usize, block: u64) -> Arc<SessionContext> {
+        let mut toml = String::from(
+            "listen = \"127.0.0.1:3307\"\n[[users]]\nname = \"app\"\npassword_native = \"*14E65567ABDB5135D0CFD9A70B3032C179A49EE7\"\n",
+        );
+        for n in 0..nodes {
+            toml.push_str(&format!(
+                "[[nodes]]\nname = \"node{}\"\nprimary = \"127.0.0.1:{}\"\nuser = \"root\"\n",
+                n + 1,
+                3306 + n
+            ));
+        }
+        toml.push_str(&format!(
+            "[schema]\nsequence_database = \"app\"\nsequence_block = {block}\n[[schema.tables]]\nname = \"stu\"\nkey = \"id\"\nfunction = \"hash\"\nlocations = [{}]\nsequence = \"id\"\n",
+            vec!["4"; nodes].join(", ")
+        ));
+        let v = crate::config::Config::from_toml(&toml)
+            .unwrap()
+            .validate()
+            .unwrap();
+        let base = testing::context(1 << 20);
+        Arc::new(SessionContext {
+            users: base.users.clone(),
+            sha2_cache: base.sha2_cache.clone(),
+            rsa: None,
+            server_version: base.server_version.clone(),
+            max_allowed_packet: 1 << 20,
+            record_statements: false,
+            backend_read_timeout: None,
+            router: Arc::new(Router::new(v.topology, v.schema, v.blacklist)),
+            merge_limit: 1 << 20,
+            sequences: Default::default(),
+        })
+    }
+
+    /// Every output, the allocation requests apart.
+    fn outputs(s: &mut Session) -> (Vec<(String, u64)>, testing::Drained) {
+        let mut allocs = Vec::new();
+        let mut d = testing::Drained::default();
+        while let Some(o) = s.poll_output() {
+            match o {
+                Output::AllocateSequence { table, count } => allocs.push((table, count)),
+                Output::ToClient(b) => d.to_client.extend_from_slice(&b),
+                Output::ToBackend(_, b) => d.to_backend.extend_from_slice(&b),
+                Output::AcquireBackend(_) => d.acquire = true,
+                Output::Close => d.closed = true,
+                _ => {}
+            }
+        }
+        (allocs, d)
+    }
+
+    fn ok_with(status: StatusFlags, last_insert_id: u64) -> BytesMut {
+        framed(1, &protocol::ok_payload(0, 1, last_insert_id, status, 0))
+    }
+
+    #[test]
+    fn inserts_wait_for_a_sequence_block_then_use_it_without_round_trips() {
+        let now = Instant::now();
+        let caps = client_caps();
+        let ctx = sequence_context(1, 3);
+        let mut s = testing::logged_in_with(ctx.clone(), now, caps);
+        s.handle_client_data(
+            now,
+            &mut framed(0, b"\x03INSERT INTO stu (name) VALUES ('a')"),
+        );
+        let (allocs, d) = outputs(&mut s);
+        assert_eq!(allocs, vec![("stu".to_string(), 3)]);
+        assert!(d.to_backend.is_empty() && !d.acquire);
+        assert!(!s.is_idle() && !s.wants_client_data());
+        s.handle_sequence_block(now, "stu", Ok(1..4));
+        assert!(drain(&mut s).acquire);
+        let sent = attach_and_restore(&mut s, now, caps);
+        assert_eq!(
+            &sent[4..],
+            b"\x03INSERT INTO stu_0001 (name, `id`) VALUES ('a', LAST_INSERT_ID(1))"
+        );
+        s.handle_backend_data(
+            now,
+            testing::PRIMARY,
+            &mut ok_with(StatusFlags::SERVER_STATUS_AUTOCOMMIT, 1),
+        );
+        assert_eq!(drain(&mut s).to_client.get(4), Some(&0));
+        // The next two come from the block held: straight to the backend.
+        for (name, id) in [("b", 2), ("c", 3)] {
+            let sql = format!("\x03INSERT INTO stu (name) VALUES ('{name}')");
+            s.handle_client_data(now, &mut framed(0, sql.as_bytes()));
+            let (allocs, d) = outputs(&mut s);
+            assert!(allocs.is_empty());
+            let want = format!("LAST_INSERT_ID({id}))");
+            assert!(
+                String::from_utf8_lossy(&d.to_backend).ends_with(&want),
+                "{:?}",
+                String::from_utf8_lossy(&d.to_backend)
+            );
+            s.handle_backend_data(
+                now,
+                testing::PRIMARY,
+                &mut ok_with(StatusFlags::SERVER_STATUS_AUTOCOMMIT, id),
+            );
+            drain(&mut s);
+        }
+        assert_eq!(ctx.sequences.available("stu"), 0);
+        // An explicit id needs no sequence.
+        s.handle_client_data(
+            now,
+            &mut framed(0, b"\x03INSERT INTO stu (id, name) VALUES (40, 'e')"),
+        );
+        let (allocs, d) = outputs(&mut s);
+        assert!(allocs.is_empty());
+        assert!(d.to_backend.ends_with(b"VALUES (40, 'e')"));
+        s.handle_backend_data(
+            now,
+            testing::PRIMARY,
+            &mut ok_with(StatusFlags::SERVER_STATUS_AUTOCOMMIT, 0),
+        );
+        drain(&mut s);
+        // The block is used up: a failed allocation reaches the client as an error.
+        s.handle_client_data(
+            now,
+            &mut framed(0, b"\x03INSERT INTO stu (name) VALUES ('d')"),
+        );
+        let (allocs, _) = outputs(&mut s);
+        assert_eq!(allocs, vec![("stu".to_string(), 3)]);
+        s.handle_sequence_block(now, "stu", Err("backend down".into()));
+        let (_, d) = outputs(&mut s);
+        assert_eq!(d.to_client.get(4), Some(&0xff));
+        let text = String::from_utf8_lossy(&d.to_client);
+        assert!(
+            text.contains("could not allocate ids") && text.contains("backend down"),
+            "{text}"
+        );
+        assert!(s.is_idle());
+        // A block that arrives when nobody waits is kept.
+        s.handle_sequence_block(now, "stu", Ok(10..13));
+        assert_eq!(ctx.sequences.available("stu"), 3);
+    }
+
+    #[test]
+    fn in_a_transaction_generated_ids_keep_rows_on_its_node() {
+        let now = Instant::now();
+        let caps = client_caps();
+        let ctx = sequence_context(2, 8);
+        let mut s = testing::logged_in_with(ctx.clone(), now, caps);
+        let in_tx = StatusFlags::SERVER_STATUS_AUTOCOMMIT | StatusFlags::SERVER_STATUS_IN_TRANS;
+        s.handle_client_data(now, &mut framed(0, b"\x03BEGIN"));
+        assert_eq!(drain(&mut s).to_client.get(4), Some(&0));
+        // The first statement binds the transaction to node1 (id 1 -> stu_0001).
+        s.handle_client_data(
+            now,
+            &mut framed(0, b"\x03INSERT INTO stu (id, name) VALUES (1, 'x')"),
+        );
+        assert!(drain(&mut s).acquire);
+        let begin = attach_and_restore(&mut s, now, caps);
+        assert_eq!(&begin[4..], b"\x03BEGIN");
+        s.handle_backend_data(now, testing::PRIMARY, &mut ok_with(in_tx, 0));
+        assert!(drain(&mut s).to_backend.ends_with(b"VALUES (1, 'x')"));
+        s.handle_backend_data(now, testing::PRIMARY, &mut ok_with(in_tx, 0));
+        drain(&mut s);
+        // Ids 5, 6, 7 would land on node2: skipped; 8 lands on stu_0000.
+        s.handle_client_data(
+            now,
+            &mut framed(0, b"\x03INSERT INTO stu (name) VALUES ('y')"),
+        );
+        let (allocs, _) = outputs(&mut s);
+        assert_eq!(allocs, vec![("stu".to_string(), 8)]);
+        s.handle_sequence_block(now, "stu", Ok(5..13));
+        let (_, d) = outputs(&mut s);
+        let sent = String::from_utf8_lossy(&d.to_backend).into_owned();
+        assert!(
+            sent.ends_with("INSERT INTO stu_0000 (name, `id`) VALUES ('y', LAST_INSERT_ID(8))"),
+            "{sent}"
+        );
+        assert_eq!(ctx.sequences.available("stu"), 4);
     }
 
     proptest! {

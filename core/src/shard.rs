@@ -64,6 +64,8 @@ pub struct ShardedTable {
     pub sub_tables: Vec<SubTable>,
     /// Column filled from the global sequence, lower case.
     pub sequence: Option<String>,
+    /// Ids a proxy takes from the sequence at a time.
+    pub sequence_block: u64,
 }
 
 /// Where a key cannot go.
@@ -393,6 +395,8 @@ pub struct Schema {
     /// Broadcast tables, lower case.
     pub broadcast: HashSet<String>,
     pub default_node: usize,
+    /// Database of `tessera_sequences` on the default node's primary.
+    pub sequence_database: Option<String>,
 }
 
 impl Schema {
@@ -433,6 +437,7 @@ mod tests {
             function: ShardFn::Hash(key_type),
             sub_tables,
             sequence: None,
+            sequence_block: 1000,
         }
     }
 

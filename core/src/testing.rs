@@ -46,6 +46,7 @@ pub fn context(max_allowed_packet: usize) -> Arc<SessionContext> {
         backend_read_timeout: None,
         router: single_node_router(),
         merge_limit: 64 << 20,
+        sequences: Default::default(),
     })
 }
 
@@ -147,6 +148,7 @@ pub fn context_from_config(text: &str) -> Arc<SessionContext> {
         backend_read_timeout: None,
         router: Arc::new(Router::new(v.topology, v.schema, v.blacklist)),
         merge_limit: 64 << 20,
+        sequences: Default::default(),
     })
 }
 
@@ -160,7 +162,7 @@ pub fn logged_in(now: Instant, caps: CapabilityFlags, max_allowed_packet: usize)
     logged_in_with(context(max_allowed_packet), now, caps)
 }
 
-/// A session of `ctx` that has logged in `app` (no database).
+/// A session of `ctx` (which must know the user `app`) that has logged in.
 pub fn logged_in_with(ctx: Arc<SessionContext>, now: Instant, caps: CapabilityFlags) -> Session {
     let mut s = Session::new(ctx, 1, IpAddr::V4(Ipv4Addr::LOCALHOST), [7; 20], now);
     let greeting = drain(&mut s).to_client;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use tessera_core::auth::PasswordHashes;
 use tessera_core::config::Config;
+use tessera_core::sequence;
 
 use crate::mariadbd::{self, MariaDb};
 
@@ -72,8 +73,12 @@ pub const EXAMPLE_TABLE_COLUMNS: &str =
 /// The example broadcast table's columns (`countries`).
 pub const EXAMPLE_BROADCAST_COLUMNS: &str = "code CHAR(2) PRIMARY KEY, name VARCHAR(64)";
 
-/// Creates `stu_0000…` on the primaries that hold them and `countries` on
-/// every primary (replicas receive them by replication).
+/// The first id the example table's sequence hands out.
+pub const EXAMPLE_FIRST_GENERATED_ID: i64 = 1001;
+
+/// Creates `stu_0000…` on the primaries that hold them, `countries` on
+/// every primary (replicas receive them by replication), and the example
+/// sequence's row on the default node.
 fn create_example_tables(shards: &[Shard]) -> std::io::Result<()> {
     for (node, shard) in shards.iter().enumerate() {
         let mut sql = String::new();
@@ -86,6 +91,15 @@ fn create_example_tables(shards: &[Shard]) -> std::io::Result<()> {
         sql.push_str(&format!(
             "CREATE TABLE IF NOT EXISTS `{DATABASE}`.countries ({EXAMPLE_BROADCAST_COLUMNS});"
         ));
+        if node == 0 {
+            // Generated ids start at EXAMPLE_FIRST_GENERATED_ID, clear of
+            // the small ids people type by hand.
+            sql.push_str(&format!(
+                "{}; INSERT IGNORE INTO `{DATABASE}`.{} VALUES ('stu', {EXAMPLE_FIRST_GENERATED_ID});",
+                sequence::create_table_sql(DATABASE),
+                sequence::TABLE
+            ));
+        }
         shard.primary.sql(&sql)?;
     }
     Ok(())
@@ -137,16 +151,20 @@ password = "{PASSWORD}"
         text.push_str(&format!(
             r#"
 # The example: `stu` is split by `id` into stu_0000… ({per} per node);
-# `countries` has a full copy on every node.
+# `countries` has a full copy on every node. An INSERT into `stu` that
+# leaves out `id` gets one from a global sequence (`{DATABASE}.tessera_sequences`
+# on shard1, starting at {EXAMPLE_FIRST_GENERATED_ID}).
 [schema]
 default_node = "shard1"
 broadcast = ["countries"]
+sequence_database = "{DATABASE}"
 
 [[schema.tables]]
 name = "stu"
 key = "id"
 function = "hash"
 locations = [{locations}]
+sequence = "id"
 "#,
             per = EXAMPLE_SUB_TABLES_PER_NODE,
         ));
@@ -166,6 +184,7 @@ pub async fn run(opts: PlaygroundOptions) -> Result<(), String> {
     if opts.shards > 1 {
         eprintln!("example: `stu` (id, name, score, amount, cc) is sharded by id over every shard; `countries` (code, name) is a broadcast table");
         eprintln!("try: INSERT INTO stu (id, name) VALUES (1,'a'),(2,'b'),(3,'c'); SELECT COUNT(*) FROM stu; TESSERA EXPLAIN SELECT * FROM stu WHERE id = 2;");
+        eprintln!("     INSERT INTO stu (name) VALUES ('d'),('e'); SELECT LAST_INSERT_ID();  -- ids from the global sequence");
     }
     let proxy = crate::proxy::start(&config)
         .await

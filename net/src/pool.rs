@@ -8,7 +8,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tessera_core::backend::{self, BackendError, BackendLogin, BackendMeta};
 use tessera_core::config::PoolConfig;
-use tessera_core::protocol::{format_capabilities, FrameReader, Packet};
+use tessera_core::protocol::{
+    format_capabilities, parse_err, parse_ok, FrameReader, OkSummary, Packet, StatusFlags,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout, Instant};
@@ -179,6 +181,46 @@ async fn round_trip<S: Stream>(
         addr: addr.to_string(),
         source,
     })
+}
+
+/// Sends a COM_QUERY and reads its OK (an ERR or a result set is an error).
+async fn query_ok<S: Stream>(
+    conn: &mut BackendConn<S>,
+    sql: &str,
+    addr: &str,
+) -> Result<OkSummary, PoolError> {
+    let io_err = |source| PoolError::Io {
+        addr: addr.to_string(),
+        source,
+    };
+    conn.stream
+        .write_all(&backend::query_request(sql))
+        .await
+        .map_err(io_err)?;
+    let pkt = read_packet(&mut conn.stream, &mut conn.buf)
+        .await
+        .map_err(io_err)?;
+    let reply = |source| PoolError::Reply {
+        addr: addr.to_string(),
+        source,
+    };
+    match pkt.payload.first() {
+        Some(0x00) => {
+            conn.last_checked = Instant::now();
+            parse_ok(&pkt.payload).ok_or_else(|| reply(BackendError::Malformed("OK packet")))
+        }
+        Some(0xff) => Err(reply(match parse_err(&pkt.payload) {
+            Some(e) => BackendError::Server(e),
+            None => BackendError::Malformed("error packet"),
+        })),
+        _ => Err(PoolError::Io {
+            addr: addr.to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "expected an OK packet, got a result set",
+            ),
+        }),
+    }
 }
 
 struct Idle<S> {
@@ -448,6 +490,28 @@ impl<C: Connector> Pool<C> {
     /// to a backend may take.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.inner.cfg.connect_timeout_ms)
+    }
+
+    /// Runs one statement that answers with OK on a pooled connection, in
+    /// autocommit (a COMMIT follows if the server left a transaction open),
+    /// and gives the connection back. Used for sequence allocations, which
+    /// must not run on a client's connection.
+    pub async fn execute(&self, sql: &str) -> Result<OkSummary, PoolError> {
+        let i = &self.inner;
+        let mut conn = self.acquire(fmt_caps()).await?;
+        let result = async {
+            let ok = query_ok(&mut conn, sql, &i.addr).await?;
+            if ok.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) {
+                query_ok(&mut conn, "COMMIT", &i.addr).await?;
+            }
+            Ok(ok)
+        }
+        .await;
+        // After an OK or an ERR the connection is between commands; after
+        // anything else (I/O error, odd reply) it is closed.
+        let reusable = matches!(&result, Ok(_) | Err(PoolError::Reply { .. }));
+        self.release(conn, reusable);
+        result
     }
 
     /// Asks the backend for its version string (at startup, for the greeting).

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,9 +13,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tessera_core::auth::{RsaKey, Sha2Cache};
+use tessera_core::backend::BackendError;
 use tessera_core::config::{Cidr, Config, ConfigError};
 use tessera_core::protocol::{code, err_payload, sql_state_for, write_packet};
 use tessera_core::router::Router;
+use tessera_core::sequence;
 use tessera_core::topology::{BackendId, Role, Topology};
 use tessera_core::{Output, Session, SessionContext};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,12 +26,15 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::logs::StatementLogger;
-use crate::pool::{BackendConn, Pool};
+use crate::pool::{BackendConn, Pool, PoolError};
 use crate::replicas;
 use crate::transport::{Connector, Listener, Stream};
 
 /// Greeting version when the backend cannot be asked at start.
 pub const FALLBACK_VERSION: &str = "5.5.5-10.11.0-Tessera";
+
+/// How long a sequence allocation may take when no backend read timeout is set.
+const SEQUENCE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Client bytes buffered while a command runs before reading pauses.
 const CLIENT_BUFFER_LIMIT: usize = 1 << 20;
@@ -62,6 +68,45 @@ pub struct Shared<C: Connector> {
 }
 
 impl<C: Connector> Shared<C> {
+    /// Takes `count` ids from the sequence of sharded table `table` on the
+    /// default node's primary (creating `tessera_sequences` if it is missing).
+    pub async fn allocate_sequence(&self, table: &str, count: u64) -> Result<Range<i64>, String> {
+        let db = self
+            .ctx
+            .router
+            .schema
+            .sequence_database
+            .clone()
+            .ok_or("schema.sequence_database is not configured")?;
+        let sql = sequence::allocate_sql(&db, table, count);
+        let run = async {
+            match self.pool.execute(&sql).await {
+                Err(PoolError::Reply {
+                    source: BackendError::Server(e),
+                    ..
+                }) if e.code == sequence::ER_NO_SUCH_TABLE => {
+                    tracing::info!(database = %db, "creating {}", sequence::TABLE);
+                    self.pool.execute(&sequence::create_table_sql(&db)).await?;
+                    self.pool.execute(&sql).await
+                }
+                r => r,
+            }
+        };
+        let limit = self.ctx.backend_read_timeout.unwrap_or(SEQUENCE_TIMEOUT);
+        let ok = tokio::time::timeout(limit, run)
+            .await
+            .map_err(|_| format!("no answer within {} ms", limit.as_millis()))?
+            .map_err(|e| e.to_string())?;
+        let block = sequence::block_from(ok.last_insert_id, count).ok_or_else(|| {
+            format!(
+                "the backend reported next_value {} after taking {count} ids",
+                ok.last_insert_id
+            )
+        })?;
+        tracing::debug!(table, ?block, "sequence block allocated");
+        Ok(block)
+    }
+
     fn nonce(&self) -> [u8; 20] {
         use rand::Rng;
         match self.rng.lock() {
@@ -149,6 +194,7 @@ pub async fn build_shared_seeded<C: Connector>(
             .then(|| Duration::from_millis(config.backend_read_timeout_ms)),
         router: Arc::new(Router::new(v.topology.clone(), v.schema, v.blacklist)),
         merge_limit: config.max_merge_bytes,
+        sequences: Default::default(),
     };
     Ok(Arc::new(Shared {
         ctx: Arc::new(ctx),
@@ -489,6 +535,14 @@ impl<S: Stream, C: Connector> ClientDriver<S, C> {
                     self.flush_client(&mut client_out).await?;
                     let result = self.kill(session, connection_id, query_only).await;
                     session.handle_kill_done(now(), result);
+                }
+                Output::AllocateSequence { table, count } => {
+                    self.flush_client(&mut client_out).await?;
+                    let result = self.shared.allocate_sequence(&table, count).await;
+                    if let Err(e) = &result {
+                        tracing::warn!(table, error = %e, "sequence allocation failed");
+                    }
+                    session.handle_sequence_block(now(), &table, result);
                 }
                 Output::Statement(mut rec) => {
                     if let Some(logger) = &self.shared.logger {

@@ -10,6 +10,7 @@ mod blacklist;
 pub mod cache;
 mod keys;
 mod select;
+pub mod sequence;
 pub mod text;
 mod write;
 
@@ -21,6 +22,7 @@ use sqlparser::parser::Parser;
 
 pub use blacklist::{fingerprint, Blacklist};
 pub use cache::{PlanCache, Shape};
+pub use sequence::{Filled, SequenceInsert};
 pub use text::Source;
 
 use crate::merge::MergeSpec;
@@ -50,6 +52,9 @@ pub enum Plan {
     Sticky,
     /// Several sub-tables or nodes.
     Scatter(Box<ScatterPlan>),
+    /// An INSERT whose sequence column Tessera fills: the session gets ids
+    /// and [fills](SequenceInsert::fill) it into a `Single` or `Scatter` plan.
+    Sequence(Box<SequenceInsert>),
     Begin,
     Commit,
     Rollback,
@@ -611,6 +616,7 @@ pub fn explain_rows(router: &Router, plan: &Plan) -> Vec<[String; 4]> {
             "(statement as sent)".into(),
             "transaction control".into(),
         ]],
+        Plan::Sequence(seq) => seq.explain(&router.schema, node_name),
         Plan::Explain(_) => vec![],
         Plan::Refuse { code, message } => vec![[
             "(none)".into(),

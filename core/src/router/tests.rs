@@ -473,3 +473,306 @@ fn router_is_cheap_to_share() {
     let r2 = r.clone();
     assert_eq!(r2.default_node(), 0);
 }
+
+// ------------------------------------------------------------- sequences
+
+/// `stu` gets its `id` from a sequence; `orders` is sharded by `user_id`
+/// and gets `order_id` from one.
+pub(crate) const SEQ_SCHEMA: &str = r#"
+listen = "127.0.0.1:3307"
+[[users]]
+name = "app"
+password_native = "*14E65567ABDB5135D0CFD9A70B3032C179A49EE7"
+[[nodes]]
+name = "node1"
+primary = "127.0.0.1:3306"
+user = "root"
+[[nodes]]
+name = "node2"
+primary = "127.0.0.1:3316"
+user = "root"
+[schema]
+sequence_database = "app"
+[[schema.tables]]
+name = "stu"
+key = "id"
+function = "hash"
+locations = [4, 4]
+sequence = "id"
+[[schema.tables]]
+name = "orders"
+key = "user_id"
+function = "hash"
+locations = [4, 4]
+sequence = "order_id"
+sequence_block = 50
+"#;
+
+fn seq_router() -> Router {
+    let v = Config::from_toml(SEQ_SCHEMA).unwrap().validate().unwrap();
+    Router::new(v.topology, v.schema, v.blacklist)
+}
+
+fn sequence(p: Plan) -> SequenceInsert {
+    match p {
+        Plan::Sequence(s) => *s,
+        other => panic!("expected a sequence insert, got {other:?}"),
+    }
+}
+
+fn parts(p: &Plan) -> Vec<(usize, String)> {
+    match p {
+        Plan::Single {
+            node, sql: Some(s), ..
+        } => vec![(*node, s.clone())],
+        Plan::Scatter(s) => s.parts.iter().map(|p| (p.node, p.sql.clone())).collect(),
+        other => panic!("expected a write plan, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_left_out_sequence_column_is_added_and_filled() {
+    let r = seq_router();
+    let seq = sequence(r.route("INSERT INTO stu (name, score) VALUES ('a', 1)"));
+    assert_eq!((seq.table.as_str(), seq.column.as_str()), ("stu", "id"));
+    assert_eq!(seq.wanted(false), 1);
+    let f = seq.fill(&r.schema, &[12], false).unwrap();
+    assert_eq!(
+        parts(&f.plan),
+        vec![(
+            1,
+            "INSERT INTO stu_0004 (name, score, `id`) VALUES ('a', 1, LAST_INSERT_ID(12))".into()
+        )]
+    );
+    assert_eq!((f.first_id, f.first_node), (Some(12), Some(1)));
+    // Quoting, comments and spacing stay as the client wrote them.
+    let seq = sequence(r.route("/* app */ insert  into `stu` ( `name` ) /* rows */ values('x')"));
+    let f = seq.fill(&r.schema, &[3], false).unwrap();
+    assert_eq!(
+        parts(&f.plan)[0].1,
+        "/* app */ insert  into `stu_0003` ( `name`, `id` ) /* rows */ values('x', LAST_INSERT_ID(3))"
+    );
+    // REPLACE too.
+    let seq = sequence(r.route("REPLACE INTO stu (name) VALUES ('r')"));
+    let f = seq.fill(&r.schema, &[8], false).unwrap();
+    assert_eq!(
+        parts(&f.plan)[0].1,
+        "REPLACE INTO stu_0000 (name, `id`) VALUES ('r', LAST_INSERT_ID(8))"
+    );
+}
+
+#[test]
+fn multi_row_inserts_are_routed_by_their_generated_ids() {
+    let r = seq_router();
+    let seq = sequence(r.route(
+        "INSERT INTO stu (name) VALUES ('a'), ('b'), ('c') ON DUPLICATE KEY UPDATE name = VALUES(name)",
+    ));
+    assert_eq!(seq.wanted(false), 3);
+    assert!(seq.fill(&r.schema, &[1, 2], false).is_err(), "too few ids");
+    let f = seq.fill(&r.schema, &[5, 6, 13], false).unwrap();
+    let Plan::Scatter(s) = &f.plan else {
+        panic!("{:?}", f.plan)
+    };
+    assert_eq!(s.merge, ScatterMerge::Writes { atomic: true });
+    assert_eq!(
+        parts(&f.plan),
+        vec![
+            (1, "INSERT INTO stu_0005 (name, `id`) VALUES ('a', LAST_INSERT_ID(5)), ('c', 13) ON DUPLICATE KEY UPDATE name = VALUES(name)".into()),
+            (1, "INSERT INTO stu_0006 (name, `id`) VALUES ('b', 6) ON DUPLICATE KEY UPDATE name = VALUES(name)".into()),
+        ]
+    );
+    assert_eq!((f.first_id, f.first_node), (Some(5), Some(1)));
+}
+
+#[test]
+fn explicit_values_are_kept_and_null_or_zero_is_filled() {
+    let r = seq_router();
+    // Every row gives its id: no sequence, the usual plan.
+    assert_eq!(
+        parts(&r.route("INSERT INTO stu (id, name) VALUES (7, 'x')")),
+        vec![(1, "INSERT INTO stu_0007 (id, name) VALUES (7, 'x')".into())]
+    );
+    let seq =
+        sequence(r.route("INSERT INTO stu (id, name) VALUES (NULL, 'a'), (3, 'b'), (0, 'c')"));
+    assert_eq!((seq.wanted(false), seq.wanted(true)), (2, 1));
+    let f = seq.fill(&r.schema, &[9, 10], false).unwrap();
+    assert_eq!(
+        parts(&f.plan),
+        vec![
+            (
+                0,
+                "INSERT INTO stu_0001 (id, name) VALUES (LAST_INSERT_ID(9), 'a')".into()
+            ),
+            (0, "INSERT INTO stu_0002 (id, name) VALUES (10, 'c')".into()),
+            (0, "INSERT INTO stu_0003 (id, name) VALUES (3, 'b')".into()),
+        ]
+    );
+    // NO_AUTO_VALUE_ON_ZERO: the 0 stays, and goes where 0 belongs.
+    let f = seq.fill(&r.schema, &[9], true).unwrap();
+    assert_eq!(
+        parts(&f.plan),
+        vec![
+            (0, "INSERT INTO stu_0000 (id, name) VALUES (0, 'c')".into()),
+            (
+                0,
+                "INSERT INTO stu_0001 (id, name) VALUES (LAST_INSERT_ID(9), 'a')".into()
+            ),
+            (0, "INSERT INTO stu_0003 (id, name) VALUES (3, 'b')".into()),
+        ]
+    );
+    assert_eq!(
+        seq.known_nodes(&r.schema, false)
+            .into_iter()
+            .collect::<Vec<_>>(),
+        vec![0]
+    );
+}
+
+#[test]
+fn a_sequence_on_another_column_fills_it_and_routes_by_the_key() {
+    let r = seq_router();
+    let seq = sequence(r.route("INSERT INTO orders (user_id, item) VALUES (5, 'x'), (6, 'y')"));
+    assert!(!seq.routes_by_id);
+    assert_eq!(seq.node_of(&r.schema, 3), None);
+    let f = seq.fill(&r.schema, &[100, 101], false).unwrap();
+    assert_eq!(
+        parts(&f.plan),
+        vec![
+            (1, "INSERT INTO orders_0005 (user_id, item, `order_id`) VALUES (5, 'x', LAST_INSERT_ID(100))".into()),
+            (1, "INSERT INTO orders_0006 (user_id, item, `order_id`) VALUES (6, 'y', 101)".into()),
+        ]
+    );
+    // The shard key is still needed.
+    assert!(refused(&r.route("INSERT INTO orders (item) VALUES ('x')")).contains("user_id"));
+}
+
+#[test]
+fn insert_select_into_a_sequenced_table_is_refused_and_explain_allocates_nothing() {
+    let r = seq_router();
+    match r.route("INSERT INTO stu (name) SELECT name FROM t") {
+        Plan::Refuse { code, message } => {
+            assert_eq!(code, ER_NOT_SUPPORTED);
+            assert!(message.contains("INSERT ... SELECT"), "{message}");
+            assert!(message.contains("sequence"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let Plan::Explain(inner) =
+        r.route("TESSERA EXPLAIN INSERT INTO stu (name) VALUES ('a'), ('b')")
+    else {
+        panic!()
+    };
+    let rows = explain_rows(&r, &r.route(&inner));
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0][0], "(each row's generated id)");
+    assert_eq!(
+        rows[0][2],
+        "INSERT INTO stu_<sub-table> (name, `id`) VALUES ('a', <next stu.id>), ('b', <next stu.id>)"
+    );
+    assert!(
+        rows[0][3].contains("app.tessera_sequences"),
+        "{}",
+        rows[0][3]
+    );
+    // Rows routed by another key show their sub-tables.
+    let rows = explain_rows(&r, &r.route("INSERT INTO orders (user_id) VALUES (1), (4)"));
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1][0], "node2");
+    assert!(rows[1][2].contains("orders_0004"), "{:?}", rows[1]);
+    // Prepared-statement style placeholders are not literals.
+    assert!(refused(&r.route("INSERT INTO stu (id, name) VALUES (?, 'a')")).contains("literal"));
+}
+
+#[test]
+fn sequence_config_mistakes_name_their_key() {
+    let check = |from: &str, to: &str, key: &str| {
+        let c = Config::from_toml(&SEQ_SCHEMA.replace(from, to)).unwrap();
+        assert_eq!(c.validate().unwrap_err().key, key, "{from} -> {to}");
+    };
+    check(
+        "sequence_database = \"app\"",
+        "",
+        "schema.sequence_database",
+    );
+    check(
+        "sequence_database = \"app\"",
+        "sequence_database = \"a`b\"",
+        "schema.sequence_database",
+    );
+    check(
+        "sequence_block = 50",
+        "sequence_block = 0",
+        "schema.tables[1].sequence_block",
+    );
+    check(
+        "sequence_database = \"app\"",
+        "sequence_database = \"app\"\nsequence_block = 0",
+        "schema.sequence_block",
+    );
+    check(
+        "sequence = \"id\"",
+        "sequence = \"\"",
+        "schema.tables[0].sequence",
+    );
+    check(
+        "sequence = \"id\"",
+        "sequence_block = 5",
+        "schema.tables[0].sequence_block",
+    );
+    let v = Config::from_toml(SEQ_SCHEMA).unwrap().validate().unwrap();
+    assert_eq!(v.schema.sharded("stu").unwrap().sequence_block, 1000);
+    assert_eq!(v.schema.sharded("orders").unwrap().sequence_block, 50);
+    assert_eq!(v.schema.sequence_database.as_deref(), Some("app"));
+}
+
+fn seq_value() -> impl Strategy<Value = Option<String>> {
+    prop_oneof![
+        Just(None),
+        Just(Some("NULL".to_string())),
+        Just(Some("0".to_string())),
+        (1i64..1000).prop_map(|k| Some(k.to_string())),
+    ]
+}
+
+proptest! {
+    /// Filled inserts reparse, keep every row once, and put each row on the
+    /// sub-table its id hashes to.
+    #[test]
+    fn filled_inserts_reparse_and_keep_every_row(
+        values in proptest::collection::vec(seq_value(), 1..8),
+        omit in any::<bool>(),
+        first in 1i64..1_000_000,
+    ) {
+        let r = seq_router();
+        let sql = if omit {
+            let rows: Vec<String> = values.iter().enumerate().map(|(i, _)| format!("('n{i}')")).collect();
+            format!("INSERT INTO stu (name) VALUES {}", rows.join(", "))
+        } else {
+            let rows: Vec<String> = values.iter().enumerate().map(|(i, v)| format!("('n{i}', {})", v.as_deref().unwrap_or("NULL"))).collect();
+            format!("INSERT INTO stu (name, id) VALUES {}", rows.join(", "))
+        };
+        let plan = r.route(&sql);
+        let mut generated = 0;
+        let plan = match plan {
+            Plan::Sequence(seq) => {
+                generated = seq.wanted(false);
+                let ids: Vec<i64> = (0..generated as i64).map(|k| first + 2 * k).collect();
+                seq.fill(&r.schema, &ids, false).unwrap().plan
+            }
+            p => p,
+        };
+        let mut seen = 0;
+        let mut marked = 0;
+        for (node, text) in parts(&plan) {
+            let stmts = sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::MySqlDialect {}, &text);
+            prop_assert!(stmts.is_ok(), "{}", text);
+            let sub: usize = text["INSERT INTO stu_".len().."INSERT INTO stu_".len() + 4].parse().unwrap();
+            prop_assert_eq!(node, sub / 4);
+            seen += text.matches("'n").count();
+            marked += text.matches("LAST_INSERT_ID(").count();
+        }
+        prop_assert_eq!(seen, values.len());
+        // Only the first generated value sets the insert id.
+        prop_assert_eq!(marked, usize::from(generated > 0));
+    }
+}

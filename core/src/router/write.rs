@@ -2,18 +2,18 @@
 //! sub-table, UPDATE/DELETE routed by key (never changing the key), DDL
 //! fanned out to every sub-table, broadcast writes sent to every node.
 
-use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
     visit_expressions, AssignmentTarget, Expr, FromTable, ObjectName, ObjectType, OnInsert,
-    SetExpr, Statement, TableObject,
+    SetExpr, Spanned, Statement, TableObject,
 };
 
-use crate::shard::{IndexSet, ShardedTable};
+use crate::shard::{IndexSet, Literal, ShardedTable};
 
 use super::keys::{literal, rename_use, table_uses, KeyColumn, TableUse};
 use super::select::count_sharded;
+use super::sequence::{is_zero, Fill, SequenceInsert, TemplateRow};
 use super::text::{Edits, Source};
 use super::{quoted, refuse, table_ident, Access, Part, Plan, Router, ScatterMerge, ScatterPlan};
 
@@ -252,7 +252,7 @@ fn per_sub_table(
     single_or_scatter(parts, true)
 }
 
-fn single_or_scatter(mut parts: Vec<Part>, atomic: bool) -> Plan {
+pub(crate) fn single_or_scatter(mut parts: Vec<Part>, atomic: bool) -> Plan {
     if parts.len() == 1 {
         let p = parts.remove(0);
         return Plan::Single {
@@ -286,22 +286,44 @@ fn plan_insert(
     ident: &sqlparser::ast::Ident,
     table: &ShardedTable,
 ) -> Result<Plan, String> {
+    let template = insert_template(sql, index, ins, ident, table)?;
+    if template.wanted(false) > 0 {
+        return Ok(Plan::Sequence(Box::new(template)));
+    }
+    // Nothing to generate: the plan now (the client's rows, split).
+    template.fill_table(table, &[], false).map(|f| f.plan)
+}
+
+/// Cuts an INSERT into per-row texts with their sub-tables, and the places
+/// a sequence's generated values go.
+pub(crate) fn insert_template(
+    sql: &str,
+    index: &Source,
+    ins: &sqlparser::ast::Insert,
+    ident: &sqlparser::ast::Ident,
+    table: &ShardedTable,
+) -> Result<SequenceInsert, String> {
     if ins.columns.is_empty() {
         return Err(format!(
             "INSERT into sharded `{}` must list its columns, including the shard key `{}`",
             table.name, table.key
         ));
     }
-    let key_at = ins
-        .columns
-        .iter()
-        .position(|c| table_ident(c).is_some_and(|i| i.value.eq_ignore_ascii_case(&table.key)))
-        .ok_or_else(|| {
-            format!(
-                "INSERT into sharded `{}` must give the shard key `{}`",
-                table.name, table.key
-            )
-        })?;
+    let column_at = |name: &str| {
+        ins.columns
+            .iter()
+            .position(|c| table_ident(c).is_some_and(|i| i.value.eq_ignore_ascii_case(name)))
+    };
+    let seq = table.sequence.as_deref();
+    let seq_is_key = seq == Some(table.key.as_str());
+    let seq_at = seq.and_then(column_at);
+    let key_at = column_at(&table.key);
+    if key_at.is_none() && !seq_is_key {
+        return Err(format!(
+            "INSERT into sharded `{}` must give the shard key `{}`",
+            table.name, table.key
+        ));
+    }
     if let Some(OnInsert::DuplicateKeyUpdate(assignments)) = &ins.on {
         for a in assignments {
             if let AssignmentTarget::ColumnName(c) = &a.target {
@@ -318,35 +340,103 @@ fn plan_insert(
         return Err("INSERT ... SET into a sharded table is not supported; use VALUES".into());
     };
     let SetExpr::Values(values) = source.body.as_ref() else {
-        return Err("INSERT ... SELECT into a sharded table is not supported; use VALUES".into());
+        return Err(match seq {
+            Some(col) => format!(
+                "INSERT ... SELECT into sharded `{}` is not supported: Tessera fills `{col}` from a sequence only in INSERT ... VALUES",
+                table.name
+            ),
+            None => "INSERT ... SELECT into a sharded table is not supported; use VALUES".into(),
+        });
     };
     if values.rows.is_empty() {
         return Err("INSERT without rows".into());
     }
-    // Rows grouped by sub-table, in sub-table order, each keeping its text.
-    let mut groups: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
-    for row in &values.rows {
-        let v = row
-            .content
-            .get(key_at)
-            .ok_or("a row has fewer values than columns")?;
+    let locate_key = |v: &Expr| -> Result<usize, String> {
         let lit = literal(v, index).ok_or_else(|| {
             format!(
                 "the shard key `{}` of `{}` must be a literal value in INSERT, not `{v}`",
                 table.key, table.name
             )
         })?;
-        let i = table.locate(&lit).map_err(|e| e.to_string())?;
+        table.locate(&lit).map_err(|e| e.to_string())
+    };
+    let mut rows = Vec::with_capacity(values.rows.len());
+    for row in &values.rows {
         let start = index
             .offset(row.opening_token.0.span.start)
             .ok_or("a row could not be located")?;
         let end = index
             .offset(row.closing_token.0.span.end)
             .ok_or("a row could not be located")?;
-        groups
-            .entry(i)
-            .or_default()
-            .push(sql.get(start..end).ok_or("bad row range")?);
+        let text = sql.get(start..end).ok_or("bad row range")?;
+        let value_of = |at: usize| {
+            row.content
+                .get(at)
+                .ok_or("a row has fewer values than columns")
+        };
+        // What the sequence column gets, and where in the row text.
+        let (fill, cut) = match (seq, seq_at) {
+            (None, _) => (Fill::Given, None),
+            (Some(_), None) => (Fill::Generate, None),
+            (Some(_), Some(at)) => {
+                let v = value_of(at)?;
+                let lit = match v {
+                    Expr::Value(_) => literal(v, index),
+                    _ => None,
+                };
+                match lit {
+                    Some(Literal::Null) => (Fill::Generate, Some(v)),
+                    Some(l) if is_zero(&l) => (
+                        Fill::Zero {
+                            text: String::new(),
+                            value: l,
+                        },
+                        Some(v),
+                    ),
+                    _ => (Fill::Given, None),
+                }
+            }
+        };
+        let sub = match key_at {
+            Some(at) if !(seq_is_key && fill != Fill::Given) => Some(locate_key(value_of(at)?)?),
+            _ => None,
+        };
+        let (before, after, fill) = match (&fill, cut) {
+            (Fill::Given, _) => (text.to_string(), String::new(), fill),
+            (_, None) => {
+                // The column was left out: the value goes last.
+                let close = text.len() - 1;
+                (
+                    format!("{}, ", &text[..close]),
+                    text[close..].to_string(),
+                    fill,
+                )
+            }
+            (_, Some(v)) => {
+                let r = index
+                    .range(v.span())
+                    .filter(|r| r.start >= start && r.end <= end)
+                    .ok_or("a value could not be located")?;
+                let fill = match fill {
+                    Fill::Zero { value, .. } => Fill::Zero {
+                        text: sql[r.clone()].to_string(),
+                        value,
+                    },
+                    f => f,
+                };
+                (
+                    sql[start..r.start].to_string(),
+                    sql[r.end..end].to_string(),
+                    fill,
+                )
+            }
+        };
+        rows.push(TemplateRow {
+            before,
+            after,
+            sub,
+            fill,
+        });
     }
     let first = &values.rows[0];
     let last = &values.rows[values.rows.len() - 1];
@@ -362,21 +452,28 @@ fn plan_insert(
     if ident_range.end > rows_start {
         return Err("unexpected INSERT layout".into());
     }
-    let mut parts = Vec::new();
-    for (i, rows) in groups {
-        let sub = &table.sub_tables[i];
-        let mut s = String::with_capacity(sql.len());
-        s.push_str(&sql[..ident_range.start]);
-        s.push_str(&quoted(&sub.name, ident.quote_style));
-        s.push_str(&sql[ident_range.end..rows_start]);
-        s.push_str(&rows.join(", "));
-        s.push_str(&sql[rows_end..]);
-        parts.push(Part {
-            node: sub.node,
-            sql: s,
-        });
+    let mut middle = sql[ident_range.end..rows_start].to_string();
+    if let (Some(col), None) = (seq, seq_at) {
+        let last_col = ins
+            .columns
+            .last()
+            .and_then(table_ident)
+            .and_then(|i| index.range(i.span))
+            .filter(|r| r.start >= ident_range.end && r.end <= rows_start)
+            .ok_or("the column list could not be located")?;
+        let at = last_col.end - ident_range.end;
+        middle.insert_str(at, &format!(", {}", quoted(col, Some('`'))));
     }
-    Ok(single_or_scatter(parts, true))
+    Ok(SequenceInsert {
+        table: table.name.to_ascii_lowercase(),
+        column: seq.unwrap_or(&table.key).to_string(),
+        routes_by_id: seq_is_key,
+        head: sql[..ident_range.start].to_string(),
+        quote: ident.quote_style,
+        middle,
+        tail: sql[rows_end..].to_string(),
+        rows,
+    })
 }
 
 /// DDL naming a sharded table runs on each of its sub-tables; on a

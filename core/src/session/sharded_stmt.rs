@@ -57,6 +57,12 @@ impl Session {
                     "A prepared statement over a sharded table must pin one sub-table with its shard key (for example `id = ?`); this one reaches several. Send it as text instead",
                 )
             }
+            Plan::Sequence(_) => {
+                return self.refuse(
+                    router::ER_NOT_SUPPORTED,
+                    "A prepared INSERT that needs ids from a Tessera sequence is not supported; give the id or send the INSERT as text",
+                )
+            }
             _ => {
                 return self.refuse(
                     router::ER_NOT_SUPPORTED,
@@ -185,6 +191,12 @@ impl Session {
                     s.parts.len()
                 );
                 return self.refuse(router::ER_NOT_SUPPORTED, &msg);
+            }
+            Plan::Sequence(_) => {
+                return self.refuse(
+                    router::ER_NOT_SUPPORTED,
+                    "A prepared INSERT that needs ids from a Tessera sequence is not supported; give the id or send the INSERT as text",
+                )
             }
             _ => {
                 return self.refuse(
