@@ -342,6 +342,17 @@ async fn prepared_statements_route_by_their_parameters() {
             .await
             .unwrap();
     }
+    // `stu` fills a missing id from a sequence; a prepared execute cannot wait for one.
+    match c
+        .exec_drop(&insert, (Value::NULL, "no id", 1, "1.00"))
+        .await
+    {
+        Err(mysql_async::Error::Server(e)) => {
+            assert_eq!(e.code, 1235);
+            assert!(e.message.contains("sequence"), "{}", e.message);
+        }
+        other => panic!("an execute needing a generated id should be refused, got {other:?}"),
+    }
     for (node, shard) in env.shards.iter().enumerate() {
         for k in 0..4 {
             let idx = node * 4 + k;

@@ -307,17 +307,22 @@ impl Router {
     }
 
     /// A plan to prepare the statement by before any values are known: the
-    /// one for NULL parameters, or else for zeros (a range table may not
-    /// hold NULL); a refusal when neither can be planned.
+    /// one for NULL parameters, else for zeros (a range table may not hold
+    /// NULL), else for ones (a sequence fills NULL and 0 keys); the last
+    /// refusal when none can be planned.
     pub fn route_representative(&self, b: &BoundStatement) -> Plan {
-        let nulls = vec![Literal::Null; b.params()];
-        match self.route_bound(b, &nulls) {
-            Plan::Refuse { .. } => {
-                let zeros = vec![Literal::Number("0".into()); b.params()];
-                self.route_bound(b, &zeros)
+        let mut plan = Plan::Sticky;
+        for value in [
+            Literal::Null,
+            Literal::Number("0".into()),
+            Literal::Number("1".into()),
+        ] {
+            plan = self.route_bound(b, &vec![value; b.params()]);
+            if !matches!(plan, Plan::Refuse { .. } | Plan::Sequence(_)) {
+                break;
             }
-            plan => plan,
         }
+        plan
     }
 
     /// Plans one execute of a prepared statement from its parameter values.
