@@ -575,23 +575,35 @@ pub fn merge(spec: &MergeSpec, results: Vec<ShardResult>) -> Result<Merged, Merg
     })
 }
 
+/// The logical name of a sub-table, if `table` is one of the plan's
+/// renamed sub-tables (`names`: physical, logical). The one rule for column
+/// metadata, used for merged results and for single-shard results streamed
+/// through.
+pub fn logical_table<'n>(names: &'n [(String, String)], table: &[u8]) -> Option<&'n [u8]> {
+    names
+        .iter()
+        .find(|(phys, _)| phys.as_bytes() == table)
+        .map(|(_, logical)| logical.as_bytes())
+}
+
 fn rename_tables(c: Column, names: &[(String, String)]) -> Column {
-    let rename = |t: &[u8]| -> Option<Vec<u8>> {
-        names
-            .iter()
-            .find(|(phys, _)| phys.as_bytes() == t)
-            .map(|(_, logical)| logical.as_bytes().to_vec())
-    };
-    let table = rename(c.table_ref());
-    let org_table = rename(c.org_table_ref());
+    let table = logical_table(names, c.table_ref());
+    let org_table = logical_table(names, c.org_table_ref());
     let mut c = c;
     if let Some(t) = table {
-        c = c.with_table(&t);
+        c = c.with_table(t);
     }
     if let Some(t) = org_table {
-        c = c.with_org_table(&t);
+        c = c.with_org_table(t);
     }
     c
+}
+
+/// A column definition packet from a shard with sub-table names replaced by
+/// the logical ones, as [`merge`] does for merged results; `None` when it
+/// names none of them (forward it unchanged).
+pub fn rename_column_def(payload: &[u8], names: &[(String, String)]) -> Option<Vec<u8>> {
+    protocol::rename_column_tables(payload, |t| logical_table(names, t))
 }
 
 fn group(

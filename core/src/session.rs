@@ -125,6 +125,10 @@ enum Busy {
     Forwarding {
         scanner: ResponseScanner,
         what: Forwarded,
+        /// Sub-tables to report under their logical names in the column
+        /// definitions (physical, logical); empty for most statements, whose
+        /// responses then pass through untouched.
+        table_names: Vec<(String, String)>,
     },
     /// Waiting for the driver to carry out a KILL.
     Killing,
@@ -221,6 +225,8 @@ pub struct Session {
     pending_begin: Option<Bytes>,
     /// The client command held while a backend is attached or restored.
     pending: Option<Packet>,
+    /// Renamed sub-tables of the pending command (see `Busy::Forwarding`).
+    pending_tables: Vec<(String, String)>,
     stmts: BTreeMap<u32, Prepared>,
     next_stmt_id: u32,
     in_transaction: bool,
@@ -289,6 +295,7 @@ impl Session {
             tx_backend: None,
             pending_begin: None,
             pending: None,
+            pending_tables: Vec::new(),
             stmts: BTreeMap::new(),
             next_stmt_id: 1,
             in_transaction: false,
@@ -626,8 +633,12 @@ impl Session {
         loop {
             let phase = std::mem::replace(&mut self.phase, Phase::Closed);
             match phase {
-                Phase::Command(Busy::Forwarding { mut scanner, what }) => {
-                    let done = self.forward_response(&mut scanner, &what, buf);
+                Phase::Command(Busy::Forwarding {
+                    mut scanner,
+                    what,
+                    table_names,
+                }) => {
+                    let done = self.forward_response(&mut scanner, &what, &table_names, buf);
                     if done {
                         self.phase = Phase::Command(Busy::Idle);
                         self.backend_deadline = None;
@@ -635,7 +646,11 @@ impl Session {
                         self.on_forward_done(what);
                         self.end_statement_record();
                     } else {
-                        self.phase = Phase::Command(Busy::Forwarding { scanner, what });
+                        self.phase = Phase::Command(Busy::Forwarding {
+                            scanner,
+                            what,
+                            table_names,
+                        });
                     }
                     return;
                 }
@@ -986,6 +1001,7 @@ impl Session {
     fn on_command(&mut self, now: Instant, pkt: Packet) {
         self.started = now;
         self.last_error = None;
+        self.pending_tables.clear();
         let Some(&command) = pkt.payload.first() else {
             self.send_err(
                 1,
@@ -1418,9 +1434,17 @@ impl Session {
         };
         self.out.push_back(Output::ToBackend(self.active, bytes));
         self.arm_deadline(now);
+        let table_names = std::mem::take(&mut self.pending_tables);
+        let scanner = ResponseScanner::new(kind, deprecate);
+        let scanner = if table_names.is_empty() {
+            scanner
+        } else {
+            scanner.with_column_defs()
+        };
         self.phase = Phase::Command(Busy::Forwarding {
-            scanner: ResponseScanner::new(kind, deprecate),
+            scanner,
             what,
+            table_names,
         });
     }
 
@@ -1581,6 +1605,7 @@ impl Session {
                 node: self.router().default_node(),
                 access: Access::Write,
                 sql: None,
+                table_names: Vec::new(),
             },
         };
         self.execute_plan(now, pkt, plan);
@@ -1588,13 +1613,19 @@ impl Session {
 
     fn execute_plan(&mut self, now: Instant, pkt: Packet, plan: Plan) {
         match plan {
-            Plan::Single { node, access, sql } => match self.pick(node, access) {
+            Plan::Single {
+                node,
+                access,
+                sql,
+                table_names,
+            } => match self.pick(node, access) {
                 Ok(b) => {
                     self.active = b;
                     let pkt = match sql {
                         Some(s) => query_packet(&s),
                         None => pkt,
                     };
+                    self.pending_tables = table_names;
                     self.forward_or_acquire(now, pkt);
                 }
                 Err(msg) => self.refuse(router::ER_ROUTING, &msg),
@@ -1998,6 +2029,7 @@ impl Session {
         &mut self,
         scanner: &mut ResponseScanner,
         what: &Forwarded,
+        table_names: &[(String, String)],
         buf: &mut BytesMut,
     ) -> bool {
         let strip = !self
@@ -2077,6 +2109,17 @@ impl Session {
                                 self.last_error = Some(e.code);
                             }
                             pass += total;
+                        }
+                        Interest::ColumnDef => {
+                            match merge::rename_column_def(&buf[payload_range], table_names) {
+                                Some(renamed) => {
+                                    self.flush(buf, pass);
+                                    buf.advance(total);
+                                    pass = 0;
+                                    self.out.push_back(Output::ToClient(frame(seq, &renamed)));
+                                }
+                                None => pass += total,
+                            }
                         }
                         _ => pass += total,
                     }

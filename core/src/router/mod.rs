@@ -39,6 +39,10 @@ pub enum Plan {
         node: usize,
         access: Access,
         sql: Option<String>,
+        /// Sub-tables the rewrite put in place of logical tables (physical,
+        /// logical): the column metadata of the answer is renamed back, so
+        /// `org_table` names the logical table. Empty when nothing was renamed.
+        table_names: Vec<(String, String)>,
     },
     /// A statement bound to the session's connection (`LAST_INSERT_ID()`,
     /// `SHOW WARNINGS`, `SET`, user variables): it runs where the session
@@ -175,11 +179,13 @@ impl Router {
                 node: default_node,
                 access: Access::Write,
                 sql: None,
+                table_names: Vec::new(),
             },
             access => Plan::Single {
                 node: default_node,
                 access,
                 sql: None,
+                table_names: Vec::new(),
             },
         };
         let checks_writes = self.blacklist.checks_unfiltered_writes()
@@ -210,7 +216,7 @@ impl Router {
         }
         let locking = lock_suffix.is_some() || access == Access::Write;
         let plan = match stmt {
-            Statement::Query(q) => select::plan_query(self, parse_text, q, locking),
+            Statement::Query(q) => select::plan_query(self, parse_text, stmt, q, locking),
             Statement::Insert(_)
             | Statement::Update(_)
             | Statement::Delete(_)
@@ -228,12 +234,14 @@ impl Router {
                     node,
                     access: Access::Read,
                     sql,
+                    table_names,
                 },
                 true,
             ) => Plan::Single {
                 node,
                 access: Access::Write,
                 sql,
+                table_names,
             },
             (Plan::Scatter(mut s), true) => {
                 s.access = Access::Write;
@@ -244,13 +252,17 @@ impl Router {
         match (plan, lock_suffix) {
             (
                 Plan::Single {
-                    node, sql: Some(s), ..
+                    node,
+                    sql: Some(s),
+                    table_names,
+                    ..
                 },
                 Some(suffix),
             ) => Plan::Single {
                 node,
                 access: Access::Write,
                 sql: Some(format!("{s}{suffix}")),
+                table_names,
             },
             (Plan::Scatter(mut s), Some(suffix)) => {
                 for p in &mut s.parts {
@@ -436,7 +448,9 @@ pub fn explain_rows(router: &Router, plan: &Plan) -> Vec<[String; 4]> {
         Access::Write => "primary".to_string(),
     };
     match plan {
-        Plan::Single { node, access, sql } => vec![[
+        Plan::Single {
+            node, access, sql, ..
+        } => vec![[
             node_name(*node),
             role(*access),
             sql.clone().unwrap_or_else(|| "(statement as sent)".into()),

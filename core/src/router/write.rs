@@ -3,16 +3,17 @@
 //! fanned out to every sub-table, broadcast writes sent to every node.
 
 use std::collections::BTreeMap;
-use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    visit_expressions, AssignmentTarget, Expr, FromTable, ObjectName, ObjectType, OnInsert,
-    SetExpr, Statement, TableObject,
+    AssignmentTarget, Expr, FromTable, ObjectName, ObjectNamePart, ObjectType, OnInsert, SetExpr,
+    Statement, TableObject,
 };
 
 use crate::shard::{IndexSet, ShardedTable};
 
-use super::keys::{literal, rename_use, table_uses, KeyColumn, TableUse};
+use super::keys::{
+    column_qualifiers, literal, rename_use, requalify, table_uses, KeyColumn, Naming, TableUse,
+};
 use super::select::count_sharded;
 use super::text::{Edits, LineIndex};
 use super::{quoted, refuse, table_ident, Access, Part, Plan, Router, ScatterMerge, ScatterPlan};
@@ -41,7 +42,21 @@ pub fn plan_write(router: &Router, sql: &str, stmt: &Statement) -> Option<Plan> 
                 }
                 return None;
             };
-            Some(plan_insert(sql, &index, ins, ident, &table).unwrap_or_else(refuse))
+            let use_ = TableUse {
+                ident,
+                schema: match name.0.as_slice() {
+                    [_] => None,
+                    [ObjectNamePart::Identifier(db), _] => Some(db),
+                    _ => return Some(refuse(
+                        "a table name with more than a database and a table part is not supported",
+                    )),
+                },
+                alias: None,
+                sharded: Some(table.clone()),
+                broadcast: false,
+            };
+            let qualifiers = column_qualifiers(stmt);
+            Some(plan_insert(sql, &index, ins, &use_, &qualifiers, &table).unwrap_or_else(refuse))
         }
         Statement::Update(upd) => {
             let uses = match table_uses(router, std::slice::from_ref(&upd.table)) {
@@ -93,7 +108,13 @@ pub fn plan_write(router: &Router, sql: &str, stmt: &Statement) -> Option<Plan> 
                 ));
             }
             Some(per_sub_table(
-                &index, sql, use_, &table, &targets, true, None,
+                &index,
+                sql,
+                use_,
+                &table,
+                &targets,
+                Naming::Alias,
+                &column_qualifiers(stmt),
             ))
         }
         Statement::Delete(del) => {
@@ -140,15 +161,14 @@ pub fn plan_write(router: &Router, sql: &str, stmt: &Statement) -> Option<Plan> 
                 ));
             }
             // DELETE takes no alias here: qualified columns get the sub-table name.
-            let qualified = qualified_refs(stmt, &use_.ident.value);
             Some(per_sub_table(
                 &index,
                 sql,
                 use_,
                 &table,
                 &targets,
-                false,
-                Some(&qualified),
+                Naming::SubTable,
+                &column_qualifiers(stmt),
             ))
         }
         Statement::CreateTable(ct) => {
@@ -198,23 +218,6 @@ fn targets_for(key: &KeyColumn, selection: Option<&Expr>) -> IndexSet {
     }
 }
 
-/// Byte ranges of qualifiers `table.` in column references.
-fn qualified_refs(stmt: &Statement, table: &str) -> Vec<sqlparser::ast::Ident> {
-    let mut out = Vec::new();
-    let _ = visit_expressions(stmt, |e| {
-        if let Expr::CompoundIdentifier(parts) = e {
-            if parts.len() >= 2 {
-                let q = &parts[parts.len() - 2];
-                if q.value.eq_ignore_ascii_case(table) {
-                    out.push(q.clone());
-                }
-            }
-        }
-        ControlFlow::<()>::Continue(())
-    });
-    out
-}
-
 /// One part per target sub-table; several parts are an atomic fan-out.
 fn per_sub_table(
     index: &LineIndex,
@@ -222,21 +225,19 @@ fn per_sub_table(
     use_: &TableUse,
     table: &ShardedTable,
     targets: &IndexSet,
-    alias: bool,
-    qualified: Option<&[sqlparser::ast::Ident]>,
+    naming: Naming,
+    qualifiers: &[Vec<sqlparser::ast::Ident>],
 ) -> Plan {
     let mut parts = Vec::new();
     for i in targets.iter() {
         let sub = &table.sub_tables[i];
         let mut edits = Edits::default();
+        let alias = naming == Naming::Alias;
         if rename_use(&mut edits, index, use_, &sub.name, alias).is_none() {
             return refuse("the table name could not be located for rewriting");
         }
-        for q in qualified.unwrap_or(&[]) {
-            match index.range(q.span) {
-                Some(r) => edits.replace(r, quoted(&sub.name, q.quote_style)),
-                None => return refuse("a qualified column could not be located for rewriting"),
-            }
+        if requalify(&mut edits, index, qualifiers, use_, &sub.name, naming).is_none() {
+            return refuse("a qualified column could not be located for rewriting");
         }
         match edits.apply(sql) {
             Some(s) => parts.push(Part {
@@ -246,16 +247,29 @@ fn per_sub_table(
             None => return refuse("the statement could not be rewritten"),
         }
     }
-    single_or_scatter(parts, true)
+    single_or_scatter(parts, true, || renamed(table, targets.iter()))
 }
 
-fn single_or_scatter(mut parts: Vec<Part>, atomic: bool) -> Plan {
+/// Physical → logical names of the sub-tables a single-part plan rewrote to.
+fn renamed(table: &ShardedTable, subs: impl Iterator<Item = usize>) -> Vec<(String, String)> {
+    subs.map(|i| (table.sub_tables[i].name.clone(), table.name.clone()))
+        .collect()
+}
+
+/// One part runs as a single-node plan (`table_names` gives its renames,
+/// for result metadata such as `RETURNING`); more are a fan-out.
+fn single_or_scatter(
+    mut parts: Vec<Part>,
+    atomic: bool,
+    table_names: impl FnOnce() -> Vec<(String, String)>,
+) -> Plan {
     if parts.len() == 1 {
         let p = parts.remove(0);
         return Plan::Single {
             node: p.node,
             access: Access::Write,
             sql: Some(p.sql),
+            table_names: table_names(),
         };
     }
     Plan::Scatter(Box::new(ScatterPlan {
@@ -273,16 +287,18 @@ fn everywhere(router: &Router, sql: &str, atomic: bool) -> Plan {
             sql: sql.to_string(),
         })
         .collect();
-    single_or_scatter(parts, atomic)
+    single_or_scatter(parts, atomic, Vec::new)
 }
 
 fn plan_insert(
     sql: &str,
     index: &LineIndex,
     ins: &sqlparser::ast::Insert,
-    ident: &sqlparser::ast::Ident,
+    use_: &TableUse,
+    qualifiers: &[Vec<sqlparser::ast::Ident>],
     table: &ShardedTable,
 ) -> Result<Plan, String> {
+    let ident = use_.ident;
     if ins.columns.is_empty() {
         return Err(format!(
             "INSERT into sharded `{}` must list its columns, including the shard key `{}`",
@@ -359,21 +375,33 @@ fn plan_insert(
     if ident_range.end > rows_start {
         return Err("unexpected INSERT layout".into());
     }
+    let subs: Vec<usize> = groups.keys().copied().collect();
     let mut parts = Vec::new();
     for (i, rows) in groups {
         let sub = &table.sub_tables[i];
-        let mut s = String::with_capacity(sql.len());
-        s.push_str(&sql[..ident_range.start]);
-        s.push_str(&quoted(&sub.name, ident.quote_style));
-        s.push_str(&sql[ident_range.end..rows_start]);
-        s.push_str(&rows.join(", "));
-        s.push_str(&sql[rows_end..]);
+        let mut edits = Edits::default();
+        // The rows are replaced whole: qualifiers inside them stay as written.
+        edits.replace(rows_start..rows_end, rows.join(", "));
+        edits.replace(ident_range.clone(), quoted(&sub.name, ident.quote_style));
+        requalify(
+            &mut edits,
+            index,
+            qualifiers,
+            use_,
+            &sub.name,
+            Naming::SubTable,
+        )
+        .ok_or("a qualified column could not be located for rewriting")?;
         parts.push(Part {
             node: sub.node,
-            sql: s,
+            sql: edits
+                .apply(sql)
+                .ok_or("the statement could not be rewritten")?,
         });
     }
-    Ok(single_or_scatter(parts, true))
+    Ok(single_or_scatter(parts, true, || {
+        renamed(table, subs.into_iter())
+    }))
 }
 
 /// DDL naming a sharded table runs on each of its sub-tables; on a
