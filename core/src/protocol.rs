@@ -508,31 +508,65 @@ pub fn encode_text_result(
     status: StatusFlags,
 ) -> BytesMut {
     let mut out = BytesMut::new();
+    let mut seq = encode_result_header(&mut out, columns, deprecate_eof, status);
+    for row in rows {
+        seq = encode_text_row(&mut out, seq, row.iter().copied());
+    }
+    encode_result_end(&mut out, seq, deprecate_eof, 0, status);
+    out
+}
+
+/// The start of a text result set: column count, definitions and (without
+/// `CLIENT_DEPRECATE_EOF`) the EOF after them, from sequence id 1. Returns
+/// the next sequence id.
+pub fn encode_result_header(
+    out: &mut BytesMut,
+    columns: &[mysql_common::packets::Column],
+    deprecate_eof: bool,
+    status: StatusFlags,
+) -> u8 {
     let mut count = Vec::new();
     put_lenenc_int(&mut count, columns.len() as u64);
-    let mut seq = write_packet(&mut out, 1, &count);
+    let mut seq = write_packet(out, 1, &count);
     for c in columns {
-        seq = write_packet(&mut out, seq, &encode_column(c));
+        seq = write_packet(out, seq, &encode_column(c));
     }
     if !deprecate_eof {
-        seq = write_packet(&mut out, seq, &eof_payload(0, status));
+        seq = write_packet(out, seq, &eof_payload(0, status));
     }
-    for row in rows {
-        let mut p = Vec::new();
-        for cell in row {
-            match cell {
-                Some(v) => put_lenenc_str(&mut p, v),
-                None => p.push(0xfb),
-            }
+    seq
+}
+
+/// One text-protocol row; `None` cells are NULL. Returns the next sequence id.
+pub fn encode_text_row<'a>(
+    out: &mut BytesMut,
+    seq: u8,
+    cells: impl IntoIterator<Item = Option<&'a [u8]>>,
+) -> u8 {
+    let mut p = Vec::new();
+    for cell in cells {
+        match cell {
+            Some(v) => put_lenenc_str(&mut p, v),
+            None => p.push(0xfb),
         }
-        seq = write_packet(&mut out, seq, &p);
     }
+    write_packet(out, seq, &p)
+}
+
+/// The terminator of a result set: EOF, or OK with header 0xFE under
+/// `CLIENT_DEPRECATE_EOF`.
+pub fn encode_result_end(
+    out: &mut BytesMut,
+    seq: u8,
+    deprecate_eof: bool,
+    warnings: u16,
+    status: StatusFlags,
+) {
     if deprecate_eof {
-        write_packet(&mut out, seq, &ok_payload(0xfe, 0, 0, status, 0));
+        write_packet(out, seq, &ok_payload(0xfe, 0, 0, status, warnings));
     } else {
-        write_packet(&mut out, seq, &eof_payload(0, status));
+        write_packet(out, seq, &eof_payload(warnings, status));
     }
-    out
 }
 
 #[cfg(test)]

@@ -512,9 +512,15 @@ fn describe_merge(m: &MergeSpec) -> String {
     if m.distinct {
         steps.push("distinct".into());
     }
+    let streamed = crate::merge::streamable(m);
     if !m.order_by.is_empty() {
         steps.push(format!(
-            "sort by {}",
+            "{} by {}",
+            if streamed {
+                "k-way merge of the sorted parts, as rows arrive,"
+            } else {
+                "sort"
+            },
             m.order_by
                 .iter()
                 .map(|k| format!("#{}{}", k.column + 1, if k.desc { " desc" } else { "" }))
@@ -529,7 +535,9 @@ fn describe_merge(m: &MergeSpec) -> String {
         steps.push(format!("drop {} hidden columns", m.hidden));
     }
     if steps.is_empty() {
-        "concatenate".into()
+        "concatenate as rows arrive".into()
+    } else if streamed && m.order_by.is_empty() {
+        format!("concatenate as rows arrive; {}", steps.join("; "))
     } else {
         steps.join("; ")
     }
