@@ -472,12 +472,12 @@ impl ResponseScanner {
             _ => len == protocol::MAX_CHUNK,
         };
         if plain {
-            let definition = match self.phase {
+            let definition = || match self.phase {
                 Phase::ColumnDefs { .. } | Phase::FieldDefs => true,
                 Phase::PrepareDefs { in_params, .. } => !in_params,
                 _ => false,
             };
-            if self.column_defs && definition && len < protocol::MAX_CHUNK {
+            if self.column_defs && len < protocol::MAX_CHUNK && definition() {
                 // Looked at whole, so the caller can rewrite it.
                 if buf.len() < 4 + len {
                     return Step::NeedMore;

@@ -252,8 +252,14 @@ pub fn rename_use(
 /// column lists and ON DUPLICATE KEY UPDATE targets. Only the top-level
 /// SELECT's select list is looked at for wildcards (subqueries over sharded
 /// tables are refused before this matters).
-pub fn column_qualifiers(stmt: &Statement) -> Vec<Vec<Ident>> {
+///
+/// `sql` is the statement's text: without a `.` there is no qualifier to
+/// look for, and the walk over the statement is skipped.
+pub fn column_qualifiers(sql: &str, stmt: &Statement) -> Vec<Vec<Ident>> {
     let mut out = Vec::new();
+    if !sql.contains('.') {
+        return out;
+    }
     fn name(out: &mut Vec<Vec<Ident>>, n: &ObjectName, column: bool) {
         let parts: Vec<Ident> =
             n.0.iter()

@@ -111,7 +111,7 @@ pub fn plan_query(
         }
     }
     let index = LineIndex::new(sql);
-    let qualifiers = column_qualifiers(stmt);
+    let qualifiers = column_qualifiers(sql, stmt);
     let mut common = Edits::default();
     if requalify(&mut common, &index, &qualifiers, use_, "", Naming::Alias).is_none() {
         return Some(refuse(

@@ -55,7 +55,7 @@ pub fn plan_write(router: &Router, sql: &str, stmt: &Statement) -> Option<Plan> 
                 sharded: Some(table.clone()),
                 broadcast: false,
             };
-            let qualifiers = column_qualifiers(stmt);
+            let qualifiers = column_qualifiers(sql, stmt);
             Some(plan_insert(sql, &index, ins, &use_, &qualifiers, &table).unwrap_or_else(refuse))
         }
         Statement::Update(upd) => {
@@ -114,7 +114,7 @@ pub fn plan_write(router: &Router, sql: &str, stmt: &Statement) -> Option<Plan> 
                 &table,
                 &targets,
                 Naming::Alias,
-                &column_qualifiers(stmt),
+                &column_qualifiers(sql, stmt),
             ))
         }
         Statement::Delete(del) => {
@@ -168,7 +168,7 @@ pub fn plan_write(router: &Router, sql: &str, stmt: &Statement) -> Option<Plan> 
                 &table,
                 &targets,
                 Naming::SubTable,
-                &column_qualifiers(stmt),
+                &column_qualifiers(sql, stmt),
             ))
         }
         Statement::CreateTable(ct) => {
@@ -379,24 +379,35 @@ fn plan_insert(
     let mut parts = Vec::new();
     for (i, rows) in groups {
         let sub = &table.sub_tables[i];
-        let mut edits = Edits::default();
-        // The rows are replaced whole: qualifiers inside them stay as written.
-        edits.replace(rows_start..rows_end, rows.join(", "));
-        edits.replace(ident_range.clone(), quoted(&sub.name, ident.quote_style));
-        requalify(
-            &mut edits,
-            index,
-            qualifiers,
-            use_,
-            &sub.name,
-            Naming::SubTable,
-        )
-        .ok_or("a qualified column could not be located for rewriting")?;
+        let text = if qualifiers.is_empty() {
+            let mut s = String::with_capacity(sql.len());
+            s.push_str(&sql[..ident_range.start]);
+            s.push_str(&quoted(&sub.name, ident.quote_style));
+            s.push_str(&sql[ident_range.end..rows_start]);
+            s.push_str(&rows.join(", "));
+            s.push_str(&sql[rows_end..]);
+            s
+        } else {
+            let mut edits = Edits::default();
+            // The rows are replaced whole: qualifiers inside them stay as written.
+            edits.replace(rows_start..rows_end, rows.join(", "));
+            edits.replace(ident_range.clone(), quoted(&sub.name, ident.quote_style));
+            requalify(
+                &mut edits,
+                index,
+                qualifiers,
+                use_,
+                &sub.name,
+                Naming::SubTable,
+            )
+            .ok_or("a qualified column could not be located for rewriting")?;
+            edits
+                .apply(sql)
+                .ok_or("the statement could not be rewritten")?
+        };
         parts.push(Part {
             node: sub.node,
-            sql: edits
-                .apply(sql)
-                .ok_or("the statement could not be rewritten")?,
+            sql: text,
         });
     }
     Ok(single_or_scatter(parts, true, || {
