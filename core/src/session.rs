@@ -2925,6 +2925,65 @@ mod tests {
             }
         }
 
+        /// Whatever the shards answer to a streaming merge, in whatever
+        /// pieces: no panic, and the session ends the statement or waits.
+        #[test]
+        fn streaming_merge_survives_any_shard_answer(
+            sql in prop_oneof![
+                Just("SELECT id, name FROM stu ORDER BY id LIMIT 3"),
+                Just("SELECT id, name FROM stu"),
+                Just("SELECT id FROM stu ORDER BY name DESC"),
+            ],
+            rows in proptest::collection::vec(0i64..50, 0..30),
+            garbage in proptest::collection::vec(any::<u8>(), 0..80),
+            cut in 0usize..400,
+            chunk in 1usize..200,
+            which in 0usize..3,
+        ) {
+            let now = Instant::now();
+            let ctx = testing::sharded_context("1, 1", 512);
+            let mut s = testing::logged_in_with(ctx, now, client_caps());
+            let mut net = Shards::new();
+            s.handle_client_data(now, &mut framed(0, &[&[cmd::QUERY][..], sql.as_bytes()].concat()));
+            net.drive(&mut s, now);
+            prop_assert_eq!(net.queries.len(), 2);
+            // One shard answers well, the other with a damaged answer.
+            let good = stu_answer("stu_0000", rows.iter().map(|i| i * 2));
+            let mut bad = stu_answer("stu_0001", rows.iter().map(|i| i * 2 + 1));
+            match which {
+                0 => bad.truncate(cut.min(bad.len())),
+                1 => {
+                    let at = cut.min(bad.len());
+                    bad.splice(at..at, garbage.iter().copied());
+                }
+                _ => bad = garbage.clone(),
+            }
+            for (b, wire) in [(BackendId(0), &good), (BackendId(1), &bad)] {
+                for piece in wire.chunks(chunk) {
+                    net.arrive(&mut s, now, b, piece);
+                }
+            }
+            // What the client got is framed in order; once the statement is
+            // over it is one complete response.
+            let mut frames = FrameReader::new(1 << 20);
+            frames.expect_seq(Some(1));
+            let mut wire = BytesMut::from(&net.client[..]);
+            while let Some(_p) = frames.next_packet(&mut wire).map_err(|e| TestCaseError::fail(format!("{e}")))? {}
+            if s.is_idle() {
+                prop_assert!(wire.is_empty());
+                let mut scanner = ResponseScanner::new(ResponseKind::Generic, true);
+                let mut pos = 0;
+                while !scanner.is_done() {
+                    match scanner.step(&net.client[pos..]) {
+                        Step::Pass(n) => pos += n,
+                        Step::Packet { total, .. } => pos += total,
+                        Step::NeedMore => break,
+                    }
+                }
+                prop_assert!(scanner.is_done() && pos == net.client.len(), "{:?}", net.client);
+            }
+        }
+
         /// A well-formed result set reaches the client byte for byte, however
         /// the backend's bytes are cut into reads.
         #[test]
