@@ -2,7 +2,9 @@
 //! statement and merges them into the one result MariaDB would have given
 //! for the unsharded table: ORDER BY, LIMIT/OFFSET, COUNT/SUM/MIN/MAX/AVG,
 //! GROUP BY, DISTINCT and HAVING, with exact DECIMAL arithmetic and the
-//! column metadata of the shards' own answers.
+//! column metadata of the shards' own answers. ORDER BY and LIMIT without
+//! grouping merge while the rows arrive ([`StreamMerge`]); the rest once
+//! every shard has answered ([`merge`]).
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -883,8 +885,8 @@ pub fn streamable(spec: &MergeSpec) -> bool {
 }
 
 /// A k-way merge of the shards' sorted row streams, emitting each row as
-/// soon as it is known to come next: when every part still running has a
-/// row queued (or has finished), the smallest head (a heap over the parts'
+/// soon as it is known to come next: when every part has a row queued or
+/// has finished (parts not sent yet count as empty), the smallest head (a heap over the parts'
 /// heads, ties to the lower part, as the buffered sort orders them) is the
 /// next row. Without ORDER BY, rows go out as they arrive. OFFSET rows are
 /// dropped, and once LIMIT rows have gone out the merge is satisfied: the
