@@ -343,6 +343,8 @@ pub enum Interest {
         params: u16,
         columns: u16,
     },
+    /// A result column definition (only with [`ResponseScanner::with_column_defs`]).
+    ColumnDef,
     /// A packet whose content does not matter here (statistics string…).
     Other,
 }
@@ -376,6 +378,9 @@ pub struct ResponseScanner {
     continuation: bool,
     /// Sequence id of the last packet header seen.
     pub last_seq: u8,
+    /// Report result column definitions as [`Interest::ColumnDef`] packets
+    /// instead of passing them through.
+    column_defs: bool,
 }
 
 impl ResponseScanner {
@@ -392,7 +397,16 @@ impl ResponseScanner {
             skip: 0,
             continuation: false,
             last_seq: 0,
+            column_defs: false,
         }
+    }
+
+    /// Hands result column definitions (of result sets, prepares and field
+    /// lists) to the caller whole, as [`Interest::ColumnDef`], so it can
+    /// rewrite them. Off by default: responses then pass through by length.
+    pub fn with_column_defs(mut self) -> Self {
+        self.column_defs = true;
+        self
     }
 
     /// The whole response has been seen.
@@ -458,59 +472,28 @@ impl ResponseScanner {
             _ => len == protocol::MAX_CHUNK,
         };
         if plain {
+            let definition = || match self.phase {
+                Phase::ColumnDefs { .. } | Phase::FieldDefs => true,
+                Phase::PrepareDefs { in_params, .. } => !in_params,
+                _ => false,
+            };
+            if self.column_defs && len < protocol::MAX_CHUNK && definition() {
+                // Looked at whole, so the caller can rewrite it.
+                if buf.len() < 4 + len {
+                    return Step::NeedMore;
+                }
+                self.last_seq = seq;
+                self.continuation = false;
+                self.definition_seen();
+                return Step::Packet {
+                    total: 4 + len,
+                    seq,
+                    interest: Interest::ColumnDef,
+                };
+            }
             self.last_seq = seq;
             self.continuation = len == protocol::MAX_CHUNK;
-            match &mut self.phase {
-                Phase::ColumnDefs { left } => {
-                    *left -= 1;
-                    if *left == 0 {
-                        self.phase = if self.deprecate_eof {
-                            Phase::Rows
-                        } else {
-                            Phase::ColumnsEof
-                        };
-                    }
-                }
-                Phase::PrepareDefs {
-                    params,
-                    columns,
-                    in_params,
-                } => {
-                    if *in_params {
-                        *params -= 1;
-                        if *params == 0 {
-                            let columns = *columns;
-                            self.phase = if !self.deprecate_eof {
-                                Phase::PrepareEof {
-                                    columns,
-                                    after_params: true,
-                                }
-                            } else if columns > 0 {
-                                Phase::PrepareDefs {
-                                    params: 0,
-                                    columns,
-                                    in_params: false,
-                                }
-                            } else {
-                                Phase::Done
-                            };
-                        }
-                    } else {
-                        *columns -= 1;
-                        if *columns == 0 {
-                            self.phase = if self.deprecate_eof {
-                                Phase::Done
-                            } else {
-                                Phase::PrepareEof {
-                                    columns: 0,
-                                    after_params: false,
-                                }
-                            };
-                        }
-                    }
-                }
-                _ => {}
-            }
+            self.definition_seen();
             return self.pass_packet(buf, len);
         }
         if buf.len() < 4 + len {
@@ -524,6 +507,61 @@ impl ResponseScanner {
             total,
             seq,
             interest,
+        }
+    }
+
+    /// Counts a column or parameter definition off the current phase.
+    fn definition_seen(&mut self) {
+        match &mut self.phase {
+            Phase::ColumnDefs { left } => {
+                *left -= 1;
+                if *left == 0 {
+                    self.phase = if self.deprecate_eof {
+                        Phase::Rows
+                    } else {
+                        Phase::ColumnsEof
+                    };
+                }
+            }
+            Phase::PrepareDefs {
+                params,
+                columns,
+                in_params,
+            } => {
+                if *in_params {
+                    *params -= 1;
+                    if *params == 0 {
+                        let columns = *columns;
+                        self.phase = if !self.deprecate_eof {
+                            Phase::PrepareEof {
+                                columns,
+                                after_params: true,
+                            }
+                        } else if columns > 0 {
+                            Phase::PrepareDefs {
+                                params: 0,
+                                columns,
+                                in_params: false,
+                            }
+                        } else {
+                            Phase::Done
+                        };
+                    }
+                } else {
+                    *columns -= 1;
+                    if *columns == 0 {
+                        self.phase = if self.deprecate_eof {
+                            Phase::Done
+                        } else {
+                            Phase::PrepareEof {
+                                columns: 0,
+                                after_params: false,
+                            }
+                        };
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
@@ -799,6 +837,88 @@ mod tests {
                     ..
                 }
             ));
+        }
+    }
+
+    #[test]
+    fn column_definitions_are_handed_over_whole_when_asked() {
+        for deprecate in [false, true] {
+            let wire = text_result(deprecate, false);
+            // Off: definitions pass through by length, as before.
+            let mut plain = ResponseScanner::new(ResponseKind::Generic, deprecate);
+            assert!(!scan_all(&mut plain, &wire).iter().any(|s| matches!(
+                s,
+                Step::Packet {
+                    interest: Interest::ColumnDef,
+                    ..
+                }
+            )));
+            // On: exactly the two definitions, whole, even fed byte by byte.
+            let mut s = ResponseScanner::new(ResponseKind::Generic, deprecate).with_column_defs();
+            let mut defs = Vec::new();
+            let mut consumed = 0;
+            for end in 1..=wire.len() {
+                loop {
+                    match s.step(&wire[consumed..end]) {
+                        Step::Pass(n) => consumed += n,
+                        Step::Packet {
+                            total, interest, ..
+                        } => {
+                            if interest == Interest::ColumnDef {
+                                defs.push(wire[consumed + 4..consumed + total].to_vec());
+                            }
+                            consumed += total;
+                        }
+                        Step::NeedMore => break,
+                    }
+                    if s.is_done() {
+                        break;
+                    }
+                }
+            }
+            assert!(s.is_done());
+            assert_eq!(consumed, wire.len());
+            assert_eq!(
+                defs,
+                vec![b"\x03defcoldef1".to_vec(), b"\x03defcoldef2".to_vec()]
+            );
+        }
+    }
+
+    #[test]
+    fn prepare_hands_over_column_definitions_not_parameters() {
+        for deprecate in [false, true] {
+            let mut w = BytesMut::new();
+            let mut p = vec![0u8];
+            p.extend_from_slice(&7u32.to_le_bytes());
+            p.extend_from_slice(&1u16.to_le_bytes()); // columns
+            p.extend_from_slice(&1u16.to_le_bytes()); // params
+            p.extend_from_slice(&[0, 0, 0]);
+            let mut seq = write_packet(&mut w, 1, &p);
+            seq = write_packet(&mut w, seq, b"\x03defparam");
+            if !deprecate {
+                seq = write_packet(&mut w, seq, &eof_payload(0, StatusFlags::empty()));
+            }
+            seq = write_packet(&mut w, seq, b"\x03defcol");
+            if !deprecate {
+                write_packet(&mut w, seq, &eof_payload(0, StatusFlags::empty()));
+            }
+            let mut s = ResponseScanner::new(ResponseKind::Prepare, deprecate).with_column_defs();
+            let steps = scan_all(&mut s, &w);
+            assert!(s.is_done());
+            let defs = steps
+                .iter()
+                .filter(|s| {
+                    matches!(
+                        s,
+                        Step::Packet {
+                            interest: Interest::ColumnDef,
+                            ..
+                        }
+                    )
+                })
+                .count();
+            assert_eq!(defs, 1);
         }
     }
 

@@ -2,10 +2,13 @@
 //! statement and merges them into the one result MariaDB would have given
 //! for the unsharded table: ORDER BY, LIMIT/OFFSET, COUNT/SUM/MIN/MAX/AVG,
 //! GROUP BY, DISTINCT and HAVING, with exact DECIMAL arithmetic and the
-//! column metadata of the shards' own answers.
+//! column metadata of the shards' own answers. ORDER BY and LIMIT without
+//! grouping merge while the rows arrive ([`StreamMerge`]); the rest once
+//! every shard has answered ([`merge`]).
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use mysql_common::collations::{Collation, CollationId};
@@ -120,15 +123,22 @@ enum CollectPhase {
     Done,
 }
 
-/// Reads one shard's answer whole (the shard query is a single statement).
+/// Reads one shard's answer (the shard query is a single statement). Rows
+/// are held until taken: all of them for a buffered merge, a read's worth
+/// for a streaming one ([`Collector::take_rows`]).
 #[derive(Debug)]
 pub struct Collector {
     frames: FrameReader,
     phase: CollectPhase,
     deprecate_eof: bool,
     result: ShardResult,
+    /// Payload bytes of the rows held.
     bytes: usize,
     limit: usize,
+    /// How many more rows to keep (`None`: all); later rows are read and dropped.
+    keep_rows: Option<u64>,
+    /// Stop reading once the rows held reach this many bytes (until taken).
+    budget: Option<usize>,
 }
 
 impl Collector {
@@ -140,7 +150,21 @@ impl Collector {
             result: ShardResult::default(),
             bytes: 0,
             limit,
+            keep_rows: None,
+            budget: None,
         }
+    }
+
+    /// Reads no further than `bytes` of held rows: [`Collector::feed`] then
+    /// returns early, leaving the rest in the buffer, until the rows are taken.
+    pub fn with_budget(mut self, bytes: usize) -> Self {
+        self.budget = Some(bytes.max(1));
+        self
+    }
+
+    /// Stopped at its budget (more may be waiting in the buffer).
+    pub fn is_full(&self) -> bool {
+        self.budget.is_some_and(|b| self.bytes >= b)
     }
 
     pub fn is_done(&self) -> bool {
@@ -151,9 +175,33 @@ impl Collector {
         self.result
     }
 
+    /// Keeps at most `n` more rows; the rest of the answer is read (so the
+    /// connection stays in step) and dropped without being accounted.
+    pub fn keep_at_most(&mut self, n: u64) {
+        self.keep_rows = Some(self.keep_rows.map_or(n, |k| k.min(n)));
+    }
+
+    /// The column definitions, once all of them have arrived.
+    pub fn columns(&self) -> Option<&[Column]> {
+        match self.phase {
+            CollectPhase::ColumnsEof | CollectPhase::Rows => Some(&self.result.columns),
+            CollectPhase::Done if !self.result.columns.is_empty() => Some(&self.result.columns),
+            _ => None,
+        }
+    }
+
+    /// Hands over the rows held so far; they no longer count against the limit.
+    pub fn take_rows(&mut self) -> Vec<Row> {
+        self.bytes = 0;
+        std::mem::take(&mut self.result.rows)
+    }
+
     /// Consumes what it can of `buf`; `Ok(true)` once the answer is complete.
     pub fn feed(&mut self, buf: &mut BytesMut) -> Result<bool, MergeError> {
         while self.phase != CollectPhase::Done {
+            if self.is_full() {
+                return Ok(false);
+            }
             let pkt = match self.frames.next_packet(buf) {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(false),
@@ -161,10 +209,6 @@ impl Collector {
                 Err(e) => return Err(MergeError::Malformed(format!("{e:?}"))),
             };
             let p = &pkt.payload[..];
-            self.bytes += p.len();
-            if self.bytes > self.limit {
-                return Err(MergeError::TooLarge(self.limit));
-            }
             match self.phase {
                 CollectPhase::First => match p.first() {
                     Some(0x00) => {
@@ -232,9 +276,16 @@ impl Collector {
                     } else if p.first() == Some(&0xff) {
                         self.result.err = protocol::parse_err(p);
                         self.phase = CollectPhase::Done;
-                    } else {
+                    } else if self.keep_rows != Some(0) {
+                        self.bytes += p.len();
+                        if self.bytes > self.limit {
+                            return Err(MergeError::TooLarge(self.limit));
+                        }
                         let row = parse_text_row(&pkt.payload, self.result.columns.len())?;
                         self.result.rows.push(row);
+                        if let Some(k) = &mut self.keep_rows {
+                            *k -= 1;
+                        }
                     }
                 }
                 CollectPhase::Done => {}
@@ -585,23 +636,35 @@ pub fn merge(spec: &MergeSpec, results: Vec<ShardResult>) -> Result<Merged, Merg
     })
 }
 
+/// The logical name of a sub-table, if `table` is one of the plan's
+/// renamed sub-tables (`names`: physical, logical). The one rule for column
+/// metadata, used for merged results and for single-shard results streamed
+/// through.
+pub fn logical_table<'n>(names: &'n [(String, String)], table: &[u8]) -> Option<&'n [u8]> {
+    names
+        .iter()
+        .find(|(phys, _)| phys.as_bytes() == table)
+        .map(|(_, logical)| logical.as_bytes())
+}
+
 fn rename_tables(c: Column, names: &[(String, String)]) -> Column {
-    let rename = |t: &[u8]| -> Option<Vec<u8>> {
-        names
-            .iter()
-            .find(|(phys, _)| phys.as_bytes() == t)
-            .map(|(_, logical)| logical.as_bytes().to_vec())
-    };
-    let table = rename(c.table_ref());
-    let org_table = rename(c.org_table_ref());
+    let table = logical_table(names, c.table_ref());
+    let org_table = logical_table(names, c.org_table_ref());
     let mut c = c;
     if let Some(t) = table {
-        c = c.with_table(&t);
+        c = c.with_table(t);
     }
     if let Some(t) = org_table {
-        c = c.with_org_table(&t);
+        c = c.with_org_table(t);
     }
     c
+}
+
+/// A column definition packet from a shard with sub-table names replaced by
+/// the logical ones, as [`merge`] does for merged results; `None` when it
+/// names none of them (forward it unchanged).
+pub fn rename_column_def(payload: &[u8], names: &[(String, String)]) -> Option<Vec<u8>> {
+    protocol::rename_column_tables(payload, |t| logical_table(names, t))
 }
 
 fn group(
@@ -813,12 +876,341 @@ pub struct Merged {
 impl Merged {
     /// The result set as the client receives it (sequence ids from 1).
     pub fn encode(&self, deprecate_eof: bool, status: StatusFlags) -> BytesMut {
-        let rows: Vec<Vec<Option<&[u8]>>> = self
-            .rows
+        let mut out = BytesMut::new();
+        let mut seq =
+            protocol::encode_result_header(&mut out, &self.columns, deprecate_eof, status);
+        for r in &self.rows {
+            seq = protocol::encode_text_row(&mut out, seq, r.iter().map(|c| c.as_deref()));
+        }
+        protocol::encode_result_end(&mut out, seq, deprecate_eof, self.warnings, status);
+        out
+    }
+}
+
+/// Whether a scatter SELECT can be merged while its rows arrive: ORDER BY
+/// (or no order at all) with OFFSET/LIMIT, and nothing that needs every
+/// row first (GROUP BY, aggregates, HAVING, DISTINCT).
+pub fn streamable(spec: &MergeSpec) -> bool {
+    !spec.grouped && !spec.distinct && spec.having.is_none() && spec.aggregates.is_empty()
+}
+
+/// A k-way merge of the shards' sorted row streams, emitting each row as
+/// soon as it is known to come next: when every part has a row queued or
+/// has finished (parts not sent yet count as empty), the smallest head (a heap over the parts'
+/// heads, ties to the lower part, as the buffered sort orders them) is the
+/// next row. Without ORDER BY, rows go out as they arrive. OFFSET rows are
+/// dropped, and once LIMIT rows have gone out the merge is satisfied: the
+/// caller stops the parts not yet sent and drops the rest of the running
+/// ones. Memory is what the parts hold queued, bounded per part by
+/// `part_limit` bytes; a part never keeps more than `offset + limit` rows.
+#[derive(Debug)]
+pub struct StreamMerge {
+    spec: MergeSpec,
+    deprecate_eof: bool,
+    part_limit: usize,
+    parts: Vec<PartQueue>,
+    /// The shard result's columns (hidden ones included), from the first
+    /// part that sent them.
+    columns: Option<Vec<Column>>,
+    order: Arc<[(usize, Kind, bool)]>,
+    heads: BinaryHeap<Head>,
+    /// Parts neither finished nor holding a row: an ordered merge waits.
+    waiting: usize,
+    skipped: u64,
+    sent: u64,
+    /// The next sequence id, once the result set's header went out.
+    seq: Option<u8>,
+    warnings: u32,
+    /// Queue size at which a part's reading may pause (see [`StreamMerge::wants_pause`]).
+    pause_at: usize,
+}
+
+#[derive(Debug, Default)]
+struct PartQueue {
+    rows: VecDeque<(Row, usize)>,
+    bytes: usize,
+    received: u64,
+    has_columns: bool,
+    done: bool,
+}
+
+/// A part's first queued row, keyed by its sort columns.
+#[derive(Debug)]
+struct Head {
+    keys: Vec<Option<Bytes>>,
+    part: usize,
+    order: Arc<[(usize, Kind, bool)]>,
+}
+
+impl Head {
+    fn cmp_keys(&self, other: &Self) -> Ordering {
+        for (i, (_, kind, desc)) in self.order.iter().enumerate() {
+            let o = compare_values(*kind, self.keys[i].as_deref(), other.keys[i].as_deref());
+            let o = if *desc { o.reverse() } else { o };
+            if o != Ordering::Equal {
+                return o;
+            }
+        }
+        self.part.cmp(&other.part)
+    }
+}
+
+impl PartialEq for Head {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Head {}
+impl PartialOrd for Head {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Head {
+    /// Reversed: `BinaryHeap` pops its greatest, the merge wants the smallest.
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.cmp_keys(self)
+    }
+}
+
+fn row_size(r: &Row) -> usize {
+    r.iter()
+        .map(|c| c.as_ref().map_or(1, |b| b.len() + 1))
+        .sum()
+}
+
+impl StreamMerge {
+    /// A merge of `parts` row streams for a client with `deprecate_eof`.
+    pub fn new(spec: MergeSpec, parts: usize, deprecate_eof: bool, part_limit: usize) -> Self {
+        Self {
+            spec,
+            deprecate_eof,
+            part_limit,
+            parts: (0..parts).map(|_| PartQueue::default()).collect(),
+            columns: None,
+            order: Arc::from(Vec::new()),
+            heads: BinaryHeap::new(),
+            waiting: parts,
+            skipped: 0,
+            sent: 0,
+            seq: None,
+            warnings: 0,
+            pause_at: (part_limit / 2).clamp(1, 1 << 20),
+        }
+    }
+
+    /// Bytes a part's collector should read at a time (see [`Collector::with_budget`]).
+    pub fn read_budget(&self) -> usize {
+        (self.part_limit / 4).clamp(1, 256 << 10)
+    }
+
+    /// `part` holds enough queued rows that reading more of it can wait
+    /// until the merge has sent some. Only safe for a part whose lane has
+    /// no other part behind it: a merge waiting on a part queued behind a
+    /// paused one would never resume.
+    pub fn wants_pause(&self, part: usize) -> bool {
+        !self.satisfied() && self.parts[part].bytes >= self.pause_at
+    }
+
+    /// A paused `part` has drained enough to read on.
+    pub fn may_resume(&self, part: usize) -> bool {
+        self.satisfied() || self.parts[part].bytes <= self.pause_at / 2
+    }
+
+    fn ordered(&self) -> bool {
+        !self.spec.order_by.is_empty()
+    }
+
+    /// Most rows one part can contribute: the first `offset + limit`.
+    pub fn rows_per_part(&self) -> Option<u64> {
+        self.spec.limit.map(|l| l.saturating_add(self.spec.offset))
+    }
+
+    /// LIMIT rows have gone out (or will, from what is queued): nothing more
+    /// is needed from any part.
+    pub fn satisfied(&self) -> bool {
+        self.columns.is_some() && self.spec.limit.is_some_and(|l| self.sent >= l)
+    }
+
+    /// The result set's header went out: an error now follows rows.
+    pub fn started(&self) -> bool {
+        self.seq.is_some()
+    }
+
+    /// The sequence id the next packet to the client takes.
+    pub fn next_seq(&self) -> u8 {
+        self.seq.unwrap_or(1)
+    }
+
+    /// Takes what `collector` gathered for `part`: its columns (once) and its rows.
+    pub fn feed(&mut self, part: usize, collector: &mut Collector) -> Result<(), MergeError> {
+        if !self.parts[part].has_columns {
+            let Some(cols) = collector.columns() else {
+                return Ok(());
+            };
+            self.parts[part].has_columns = true;
+            match &self.columns {
+                None => {
+                    if self.spec.hidden > cols.len()
+                        || self.spec.order_by.iter().any(|k| k.column >= cols.len())
+                    {
+                        return Err(MergeError::Shape(
+                            "fewer columns than the plan needs".into(),
+                        ));
+                    }
+                    self.order = self
+                        .spec
+                        .order_by
+                        .iter()
+                        .map(|k| (k.column, kind_of(&cols[k.column]), k.desc))
+                        .collect();
+                    self.columns = Some(cols.to_vec());
+                }
+                Some(c) if c.len() != cols.len() => {
+                    return Err(MergeError::Shape(format!(
+                        "{} columns against {}",
+                        c.len(),
+                        cols.len()
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        let rows = collector.take_rows();
+        let cap = self.rows_per_part().unwrap_or(u64::MAX);
+        let was_empty = self.parts[part].rows.is_empty();
+        for row in rows {
+            let q = &mut self.parts[part];
+            if q.received >= cap {
+                // Behind `offset + limit` rows of its own part: never sent.
+                collector.keep_at_most(0);
+                break;
+            }
+            q.received += 1;
+            let size = row_size(&row);
+            q.bytes += size;
+            if q.bytes > self.part_limit {
+                return Err(MergeError::TooLarge(self.part_limit));
+            }
+            q.rows.push_back((row, size));
+        }
+        if was_empty && !self.parts[part].rows.is_empty() && self.ordered() {
+            if !self.parts[part].done {
+                self.waiting -= 1;
+            }
+            self.push_head(part);
+        }
+        Ok(())
+    }
+
+    fn push_head(&mut self, part: usize) {
+        if let Some((row, _)) = self.parts[part].rows.front() {
+            let keys = self.order.iter().map(|(c, _, _)| row[*c].clone()).collect();
+            self.heads.push(Head {
+                keys,
+                part,
+                order: self.order.clone(),
+            });
+        }
+    }
+
+    /// `part` answered completely (or will not run): its end packet's
+    /// warnings count. A part that answered OK instead of rows is an error.
+    pub fn part_done(
+        &mut self,
+        part: usize,
+        result: Option<&ShardResult>,
+    ) -> Result<(), MergeError> {
+        if let Some(r) = result {
+            if r.ok.is_some() {
+                return Err(MergeError::Shape(
+                    "a shard answered with OK, not rows".into(),
+                ));
+            }
+            self.warnings += u32::from(r.warnings);
+        }
+        let q = &mut self.parts[part];
+        if !q.done {
+            q.done = true;
+            if q.rows.is_empty() {
+                self.waiting -= 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next row to go out, if it is known yet.
+    fn next_row(&mut self) -> Option<Row> {
+        let part = if self.ordered() {
+            if self.waiting > 0 {
+                return None;
+            }
+            self.heads.pop()?.part
+        } else {
+            self.parts.iter().position(|q| !q.rows.is_empty())?
+        };
+        let ordered = self.ordered();
+        let q = &mut self.parts[part];
+        let (row, size) = q.rows.pop_front()?;
+        q.bytes -= size;
+        if ordered {
+            if q.rows.is_empty() {
+                if !q.done {
+                    self.waiting += 1;
+                }
+            } else {
+                self.push_head(part);
+            }
+        }
+        Some(row)
+    }
+
+    fn header(&mut self, out: &mut BytesMut, status: StatusFlags) -> u8 {
+        if let Some(seq) = self.seq {
+            return seq;
+        }
+        let columns: Vec<Column> = self.columns.as_deref().unwrap_or_default()[self.spec.hidden..]
             .iter()
-            .map(|r| r.iter().map(|c| c.as_deref()).collect())
+            .map(|c| rename_tables(c.clone(), &self.spec.table_names))
             .collect();
-        protocol::encode_text_result(&self.columns, &rows, deprecate_eof, status)
+        let seq = protocol::encode_result_header(out, &columns, self.deprecate_eof, status);
+        self.seq = Some(seq);
+        seq
+    }
+
+    /// Encodes every row that can go out now (the result set's header before
+    /// the first); empty when none can.
+    pub fn pump(&mut self, status: StatusFlags) -> BytesMut {
+        let mut out = BytesMut::new();
+        if self.columns.is_none() {
+            return out;
+        }
+        while self.spec.limit.is_none_or(|l| self.sent < l) {
+            let Some(row) = self.next_row() else {
+                break;
+            };
+            if self.skipped < self.spec.offset {
+                self.skipped += 1;
+                continue;
+            }
+            let seq = self.header(&mut out, status);
+            let cells = row[self.spec.hidden..].iter().map(|c| c.as_deref());
+            self.seq = Some(protocol::encode_text_row(&mut out, seq, cells));
+            self.sent += 1;
+        }
+        out
+    }
+
+    /// Every part has finished: the remaining rows and the terminator.
+    pub fn finish(&mut self, status: StatusFlags) -> Result<BytesMut, MergeError> {
+        if self.columns.is_none() {
+            return Err(MergeError::Shape("no shard answered with rows".into()));
+        }
+        let mut out = self.pump(status);
+        let seq = self.header(&mut out, status);
+        let warnings = self.warnings.min(u32::from(u16::MAX)) as u16;
+        protocol::encode_result_end(&mut out, seq, self.deprecate_eof, warnings, status);
+        Ok(out)
     }
 }
 
@@ -1017,5 +1409,198 @@ mod tests {
             let got: Vec<i64> = m.rows.iter().map(|r| std::str::from_utf8(r[0].as_ref().unwrap()).unwrap().parse().unwrap()).collect();
             prop_assert_eq!(got, want);
         }
+
+        /// The streaming merge sends the very bytes the buffered merge would,
+        /// however the shards' answers are cut and interleaved, and stops
+        /// parts once LIMIT is reached.
+        #[test]
+        fn streaming_merge_equals_the_buffered_merge(
+            shards in proptest::collection::vec(
+                proptest::collection::vec((proptest::option::of(-20i64..20), -3i64..3), 0..12), 1..6),
+            offset in 0u64..6,
+            limit in proptest::option::of(0u64..15),
+            desc in any::<bool>(),
+            two_keys in any::<bool>(),
+            deprecate in any::<bool>(),
+            schedule in proptest::collection::vec((0usize..6, 1usize..200), 0..400),
+            budget in 1usize..300,
+        ) {
+            // Shard columns: hidden sort key `k`, then the visible `v` and `w`.
+            let cols = [
+                col("k", ColumnType::MYSQL_TYPE_LONGLONG, 63, 0),
+                col("v", ColumnType::MYSQL_TYPE_LONGLONG, 63, 0),
+                col("w", ColumnType::MYSQL_TYPE_LONGLONG, 63, 0),
+            ];
+            let mut order_by = vec![SortKey { column: 0, desc }];
+            if two_keys {
+                order_by.push(SortKey { column: 2, desc: !desc });
+            }
+            let spec = MergeSpec {
+                hidden: 1,
+                order_by: order_by.clone(),
+                offset,
+                limit,
+                table_names: vec![("stu_0001".into(), "stu".into())],
+                ..Default::default()
+            };
+            // Each shard answers sorted, as its ORDER BY makes it.
+            let mut texts: Vec<Vec<[Option<String>; 3]>> = Vec::new();
+            for (n, rows) in shards.iter().enumerate() {
+                let mut rows: Vec<[Option<String>; 3]> = rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (k, w))| [k.map(|k| k.to_string()), Some(format!("{n}.{i}")), Some(w.to_string())])
+                    .collect();
+                rows.sort_by(|a, b| {
+                    for key in &order_by {
+                        let o = compare_values(Kind::Int, a[key.column].as_deref().map(str::as_bytes), b[key.column].as_deref().map(str::as_bytes));
+                        let o = if key.desc { o.reverse() } else { o };
+                        if o != Ordering::Equal {
+                            return o;
+                        }
+                    }
+                    Ordering::Equal
+                });
+                texts.push(rows);
+            }
+            let status = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
+            let wires: Vec<Vec<u8>> = texts.iter().map(|rows| {
+                let cells: Vec<Vec<Option<&[u8]>>> = rows.iter().map(|r| r.iter().map(|c| c.as_deref().map(str::as_bytes)).collect()).collect();
+                protocol::encode_text_result(&cols, &cells, deprecate, status).to_vec()
+            }).collect();
+            let want = {
+                let results: Vec<ShardResult> = texts.iter().map(|rows| {
+                    let rows: Vec<Vec<Option<&str>>> = rows.iter().map(|r| r.iter().map(|c| c.as_deref()).collect()).collect();
+                    let refs: Vec<&[Option<&str>]> = rows.iter().map(|r| r.as_slice()).collect();
+                    shard(&cols, &refs)
+                }).collect();
+                merge(&spec, results).unwrap().encode(deprecate, status).to_vec()
+            };
+
+            let k = shards.len();
+            let mut m = StreamMerge::new(spec.clone(), k, deprecate, 1 << 20);
+            let mut collectors: Vec<Option<Collector>> = (0..k).map(|_| {
+                let mut c = Collector::new(deprecate, 1 << 20).with_budget(budget);
+                if let Some(n) = m.rows_per_part() {
+                    c.keep_at_most(n);
+                }
+                Some(c)
+            }).collect();
+            let mut fed = vec![0usize; k];
+            let mut bufs: Vec<BytesMut> = (0..k).map(|_| BytesMut::new()).collect();
+            let mut stopped = vec![false; k];
+            let mut out = Vec::new();
+            // Feeds part `p` up to `upto` bytes of its wire, as the session does.
+            let mut step = |p: usize, n: usize, m: &mut StreamMerge, collectors: &mut Vec<Option<Collector>>, fed: &mut Vec<usize>, stopped: &mut Vec<bool>, out: &mut Vec<u8>| {
+                if stopped[p] || collectors[p].is_none() {
+                    return;
+                }
+                let end = (fed[p] + n).min(wires[p].len());
+                bufs[p].extend_from_slice(&wires[p][fed[p]..end]);
+                fed[p] = end;
+                loop {
+                    let c = collectors[p].as_mut().unwrap();
+                    let done = c.feed(&mut bufs[p]).unwrap();
+                    let full = c.is_full();
+                    m.feed(p, c).unwrap();
+                    if done {
+                        let r = collectors[p].take().unwrap().take();
+                        m.part_done(p, Some(&r)).unwrap();
+                    }
+                    out.extend_from_slice(&m.pump(status));
+                    if m.satisfied() {
+                        for q in 0..k {
+                            if fed[q] == 0 && !stopped[q] {
+                                // Never sent: dropped.
+                                stopped[q] = true;
+                                collectors[q] = None;
+                                m.part_done(q, None).unwrap();
+                            } else if let Some(c) = collectors[q].as_mut() {
+                                c.keep_at_most(0);
+                                c.take_rows();
+                            }
+                        }
+                    }
+                    if done || !full {
+                        break;
+                    }
+                }
+            };
+            for (p, n) in &schedule {
+                if *p < k {
+                    step(*p, *n, &mut m, &mut collectors, &mut fed, &mut stopped, &mut out);
+                }
+            }
+            for p in 0..k {
+                while collectors[p].is_some() {
+                    step(p, 64, &mut m, &mut collectors, &mut fed, &mut stopped, &mut out);
+                }
+            }
+            out.extend_from_slice(&m.finish(status).unwrap());
+            prop_assert_eq!(out, want);
+        }
+    }
+
+    #[test]
+    fn streaming_merge_keeps_a_part_under_its_limit_and_reports_too_large() {
+        let cols = [col("v", ColumnType::MYSQL_TYPE_LONGLONG, 63, 0)];
+        let spec = MergeSpec {
+            order_by: vec![SortKey {
+                column: 0,
+                desc: false,
+            }],
+            ..Default::default()
+        };
+        let rows: Vec<Vec<Option<&[u8]>>> =
+            (0..100).map(|_| vec![Some(&b"12345678"[..])]).collect();
+        let wire = protocol::encode_text_result(&cols, &rows, true, StatusFlags::empty());
+        let mut m = StreamMerge::new(spec, 2, true, 200);
+        let mut c = Collector::new(true, 200).with_budget(m.read_budget());
+        let mut buf = BytesMut::from(&wire[..]);
+        // Part 1 has not answered: part 0's rows queue up to the limit.
+        let mut err = None;
+        for _ in 0..100 {
+            let done = c.feed(&mut buf).unwrap();
+            if let Err(e) = m.feed(0, &mut c) {
+                err = Some(e);
+                break;
+            }
+            assert!(
+                m.pump(StatusFlags::empty()).is_empty(),
+                "part 1's head is unknown"
+            );
+            if m.wants_pause(0) {
+                // A paused part reads no further; the session waits for part 1.
+                assert!(!m.may_resume(0));
+                break;
+            }
+            assert!(!done);
+        }
+        assert_eq!(err, None, "paused before the limit");
+        // Part 1 answers with nothing: everything flows and part 0 may read on.
+        let empty = protocol::encode_text_result(&cols, &[], true, StatusFlags::empty());
+        let mut c1 = Collector::new(true, 200);
+        assert!(c1.feed(&mut BytesMut::from(&empty[..])).unwrap());
+        m.feed(1, &mut c1).unwrap();
+        m.part_done(1, Some(&c1.take())).unwrap();
+        assert!(!m.pump(StatusFlags::empty()).is_empty());
+        assert!(m.may_resume(0));
+        // Without pausing, a part that outgrows the limit is an error.
+        let mut m = StreamMerge::new(
+            MergeSpec {
+                order_by: vec![SortKey {
+                    column: 0,
+                    desc: false,
+                }],
+                ..Default::default()
+            },
+            2,
+            true,
+            200,
+        );
+        let mut c = Collector::new(true, 1 << 20);
+        let mut buf = BytesMut::from(&wire[..]);
+        assert!(c.feed(&mut buf).unwrap());
+        assert_eq!(m.feed(0, &mut c), Err(MergeError::TooLarge(200)));
     }
 }

@@ -472,6 +472,33 @@ pub fn encode_column(column: &mysql_common::packets::Column) -> Vec<u8> {
     buf
 }
 
+/// Rewrites the `table` and `org_table` names of a column definition payload
+/// (protocol 4.1) that `rename` maps to other names, keeping every other byte
+/// as the server sent it. `None` when no name changes, or when the payload
+/// is not a column definition.
+pub fn rename_column_tables<'n>(
+    payload: &[u8],
+    rename: impl Fn(&[u8]) -> Option<&'n [u8]>,
+) -> Option<Vec<u8>> {
+    let mut b = payload;
+    read_lenenc_str(&mut b)?; // catalog
+    read_lenenc_str(&mut b)?; // schema
+    let names_at = payload.len() - b.len();
+    let table = read_lenenc_str(&mut b)?;
+    let org_table = read_lenenc_str(&mut b)?;
+    let rest_at = payload.len() - b.len();
+    let (new_table, new_org) = (rename(table), rename(org_table));
+    if new_table.is_none() && new_org.is_none() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(payload.len() + 16);
+    out.extend_from_slice(&payload[..names_at]);
+    put_lenenc_str(&mut out, new_table.unwrap_or(table));
+    put_lenenc_str(&mut out, new_org.unwrap_or(org_table));
+    out.extend_from_slice(&payload[rest_at..]);
+    Some(out)
+}
+
 /// Encodes a whole text-protocol result set (column count, definitions,
 /// rows, terminator) starting at sequence id 1; `None` cells are NULL.
 pub fn encode_text_result(
@@ -481,31 +508,65 @@ pub fn encode_text_result(
     status: StatusFlags,
 ) -> BytesMut {
     let mut out = BytesMut::new();
+    let mut seq = encode_result_header(&mut out, columns, deprecate_eof, status);
+    for row in rows {
+        seq = encode_text_row(&mut out, seq, row.iter().copied());
+    }
+    encode_result_end(&mut out, seq, deprecate_eof, 0, status);
+    out
+}
+
+/// The start of a text result set: column count, definitions and (without
+/// `CLIENT_DEPRECATE_EOF`) the EOF after them, from sequence id 1. Returns
+/// the next sequence id.
+pub fn encode_result_header(
+    out: &mut BytesMut,
+    columns: &[mysql_common::packets::Column],
+    deprecate_eof: bool,
+    status: StatusFlags,
+) -> u8 {
     let mut count = Vec::new();
     put_lenenc_int(&mut count, columns.len() as u64);
-    let mut seq = write_packet(&mut out, 1, &count);
+    let mut seq = write_packet(out, 1, &count);
     for c in columns {
-        seq = write_packet(&mut out, seq, &encode_column(c));
+        seq = write_packet(out, seq, &encode_column(c));
     }
     if !deprecate_eof {
-        seq = write_packet(&mut out, seq, &eof_payload(0, status));
+        seq = write_packet(out, seq, &eof_payload(0, status));
     }
-    for row in rows {
-        let mut p = Vec::new();
-        for cell in row {
-            match cell {
-                Some(v) => put_lenenc_str(&mut p, v),
-                None => p.push(0xfb),
-            }
+    seq
+}
+
+/// One text-protocol row; `None` cells are NULL. Returns the next sequence id.
+pub fn encode_text_row<'a>(
+    out: &mut BytesMut,
+    seq: u8,
+    cells: impl IntoIterator<Item = Option<&'a [u8]>>,
+) -> u8 {
+    let mut p = Vec::new();
+    for cell in cells {
+        match cell {
+            Some(v) => put_lenenc_str(&mut p, v),
+            None => p.push(0xfb),
         }
-        seq = write_packet(&mut out, seq, &p);
     }
+    write_packet(out, seq, &p)
+}
+
+/// The terminator of a result set: EOF, or OK with header 0xFE under
+/// `CLIENT_DEPRECATE_EOF`.
+pub fn encode_result_end(
+    out: &mut BytesMut,
+    seq: u8,
+    deprecate_eof: bool,
+    warnings: u16,
+    status: StatusFlags,
+) {
     if deprecate_eof {
-        write_packet(&mut out, seq, &ok_payload(0xfe, 0, 0, status, 0));
+        write_packet(out, seq, &ok_payload(0xfe, 0, 0, status, warnings));
     } else {
-        write_packet(&mut out, seq, &eof_payload(0, status));
+        write_packet(out, seq, &eof_payload(warnings, status));
     }
-    out
 }
 
 #[cfg(test)]
@@ -652,6 +713,36 @@ mod tests {
         assert_eq!(back.flags(), col.flags());
         assert_eq!(back.name_ref(), b"name");
         assert_eq!(back.schema_ref(), b"db");
+    }
+
+    #[test]
+    fn renaming_column_tables_keeps_the_other_bytes() {
+        let col = sample_column()
+            .with_table(b"s")
+            .with_org_table(b"stu_0003")
+            .with_schema(b"tessera");
+        let bytes = encode_column(&col);
+        let rename = |t: &[u8]| (t == b"stu_0003").then_some(&b"stu"[..]);
+        let renamed = rename_column_tables(&bytes, rename).unwrap();
+        let back: mysql_common::packets::Column =
+            mysql_common::io::ParseBuf(&renamed).parse(()).unwrap();
+        assert_eq!(back.table_ref(), b"s");
+        assert_eq!(back.org_table_ref(), b"stu");
+        assert_eq!(
+            encode_column(&col.clone().with_org_table(b"stu")),
+            renamed,
+            "only org_table changed"
+        );
+        // Nothing to rename, or not a column definition: left alone.
+        let plain = encode_column(&sample_column());
+        assert_eq!(rename_column_tables(&plain, rename), None);
+        assert_eq!(rename_column_tables(&[0xfc, 1], rename), None);
+        // A trailing default value (COM_FIELD_LIST) is kept.
+        let mut with_default = bytes.clone();
+        with_default.extend_from_slice(&[3, b'a', b'b', b'c']);
+        let r = rename_column_tables(&with_default, rename).unwrap();
+        assert!(r.ends_with(&[3, b'a', b'b', b'c']));
+        assert_eq!(r.len(), with_default.len() - 5);
     }
 
     #[test]

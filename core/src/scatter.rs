@@ -1,12 +1,13 @@
 //! Bookkeeping of a fan-out in progress: one lane per backend, each running
 //! its steps in order (restore the session state, BEGIN, the parts, COMMIT
-//! or ROLLBACK), and the answers collected per part for the merge.
+//! or ROLLBACK), and the answers collected per part for the merge, or fed
+//! to a streaming merge as they arrive.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
-use crate::merge::{Collector, ShardResult};
+use crate::merge::{Collector, ShardResult, StreamMerge};
 use crate::router::ScatterPlan;
 use crate::topology::BackendId;
 
@@ -76,6 +77,11 @@ pub struct ScatterRun {
     pub failed: Option<(u16, String)>,
     /// COMMIT or ROLLBACK has been queued on the lanes.
     pub ending: bool,
+    /// The merge, when it runs while rows arrive (ORDER BY/LIMIT shapes);
+    /// otherwise the parts' results are merged once all are in.
+    pub stream: Option<StreamMerge>,
+    /// Lanes whose reading waits until the merge has sent some of their rows.
+    pub paused: BTreeSet<BackendId>,
 }
 
 impl ScatterRun {
@@ -95,13 +101,92 @@ impl ScatterRun {
             .all(|l| matches!(l.state, LaneState::Idle | LaneState::Dead) && l.queue.is_empty())
     }
 
-    /// Records a failure (the first one wins) and stops sending further parts.
+    /// Records a failure (the first one wins), stops sending further parts
+    /// and makes the running ones drop their rows.
     pub fn fail(&mut self, code: u16, message: String) {
         if self.failed.is_none() {
             self.failed = Some((code, message));
         }
         for lane in self.lanes.values_mut() {
             lane.queue.retain(|s| !s.is_part());
+            if let LaneState::Running { collector, .. } = &mut lane.state {
+                collector.keep_at_most(0);
+                collector.take_rows();
+            }
         }
+    }
+
+    /// The part a lane is reading, if it is reading one.
+    pub fn running_part(&self, backend: BackendId) -> Option<usize> {
+        match &self.lanes.get(&backend)?.state {
+            LaneState::Running {
+                step: LaneStep::Part(i),
+                ..
+            } => Some(*i),
+            _ => None,
+        }
+    }
+
+    /// Whether the lane's current part is its last: nothing behind it can be
+    /// what the streaming merge waits for, so its reading may pause.
+    pub fn may_pause(&self, backend: BackendId) -> bool {
+        let Some(part) = self.running_part(backend) else {
+            return false;
+        };
+        let last = self
+            .lanes
+            .get(&backend)
+            .is_some_and(|l| !l.queue.iter().any(LaneStep::is_part));
+        last && self.failed.is_none() && self.stream.as_ref().is_some_and(|m| m.wants_pause(part))
+    }
+
+    /// The streaming merge needs nothing more: parts not sent yet are
+    /// dropped, running ones read on without keeping rows.
+    pub fn stop_parts(&mut self) {
+        for lane in self.lanes.values_mut() {
+            let mut dropped = Vec::new();
+            lane.queue.retain(|s| match s {
+                LaneStep::Part(i) => {
+                    dropped.push(*i);
+                    false
+                }
+                _ => true,
+            });
+            if let Some(m) = self.stream.as_mut() {
+                for i in dropped {
+                    // A part that never ran has no answer that could fail.
+                    let _ = m.part_done(i, None);
+                }
+            }
+            if let LaneState::Running {
+                step: LaneStep::Part(_),
+                collector,
+            } = &mut lane.state
+            {
+                collector.keep_at_most(0);
+                collector.take_rows();
+            }
+        }
+    }
+
+    /// Paused lanes that may read on now (all of them once the run failed
+    /// or the merge is satisfied); they are no longer paused.
+    pub fn resumable(&mut self) -> Vec<BackendId> {
+        let ready: Vec<BackendId> = self
+            .paused
+            .iter()
+            .copied()
+            .filter(|b| {
+                self.failed.is_some()
+                    || match (self.running_part(*b), &self.stream) {
+                        (Some(i), Some(m)) => m.may_resume(i),
+                        _ => true,
+                    }
+            })
+            .collect();
+        for b in &ready {
+            self.paused.remove(b);
+        }
+        ready
     }
 }

@@ -76,6 +76,10 @@ pub enum Output {
         meta: BackendMeta,
         reusable: bool,
     },
+    /// Bytes of this backend's connection that the session left unread
+    /// (while [`Session::wants_backend_data`] said no) are wanted again:
+    /// offer them with `handle_backend_data`, and read from it again.
+    ResumeBackend(BackendId),
     /// Kill another session's statement or connection (answer with `kill_done`).
     Kill {
         connection_id: u32,
@@ -140,6 +144,10 @@ enum Busy {
     Forwarding {
         scanner: ResponseScanner,
         what: Forwarded,
+        /// Sub-tables to report under their logical names in the column
+        /// definitions (physical, logical); empty for most statements, whose
+        /// responses then pass through untouched.
+        table_names: Vec<(String, String)>,
     },
     /// Waiting for the driver to carry out a KILL.
     Killing,
@@ -273,6 +281,8 @@ pub struct Session {
     pending_begin: Option<Bytes>,
     /// The client command held while a backend is attached or restored.
     pending: Option<Packet>,
+    /// Renamed sub-tables of the pending command (see `Busy::Forwarding`).
+    pending_tables: Vec<(String, String)>,
     stmts: BTreeMap<u32, Prepared>,
     next_stmt_id: u32,
     in_transaction: bool,
@@ -354,6 +364,7 @@ impl Session {
             tx_backend: None,
             pending_begin: None,
             pending: None,
+            pending_tables: Vec::new(),
             stmts: BTreeMap::new(),
             next_stmt_id: 1,
             in_transaction: false,
@@ -426,6 +437,16 @@ impl Session {
             Phase::Command(Busy::Forwarding { scanner, .. }) => scanner.in_local_infile(),
             Phase::AwaitHandshake | Phase::Auth { .. } => true,
             _ => false,
+        }
+    }
+
+    /// Whether the driver should read from this backend's connection now.
+    /// No while a streaming merge holds enough of its rows: the bytes wait
+    /// in the kernel until [`Output::ResumeBackend`].
+    pub fn wants_backend_data(&self, backend: BackendId) -> bool {
+        match &self.phase {
+            Phase::Command(Busy::Scatter(run)) => !run.paused.contains(&backend),
+            _ => true,
         }
     }
 
@@ -697,8 +718,12 @@ impl Session {
         loop {
             let phase = std::mem::replace(&mut self.phase, Phase::Closed);
             match phase {
-                Phase::Command(Busy::Forwarding { mut scanner, what }) => {
-                    let done = self.forward_response(now, &mut scanner, &what, buf);
+                Phase::Command(Busy::Forwarding {
+                    mut scanner,
+                    what,
+                    table_names,
+                }) => {
+                    let done = self.forward_response(now, &mut scanner, &what, &table_names, buf);
                     if done {
                         self.phase = Phase::Command(Busy::Idle);
                         self.backend_deadline = None;
@@ -709,7 +734,11 @@ impl Session {
                         self.on_forward_done(what);
                         self.end_statement_record();
                     } else {
-                        self.phase = Phase::Command(Busy::Forwarding { scanner, what });
+                        self.phase = Phase::Command(Busy::Forwarding {
+                            scanner,
+                            what,
+                            table_names,
+                        });
                     }
                     return;
                 }
@@ -1068,6 +1097,7 @@ impl Session {
         self.last_error = None;
         self.fwd_write = false;
         self.generated = None;
+        self.pending_tables.clear();
         let Some(&command) = pkt.payload.first() else {
             self.send_err(
                 1,
@@ -1505,9 +1535,17 @@ impl Session {
         };
         self.out.push_back(Output::ToBackend(self.active, bytes));
         self.arm_deadline(now);
+        let table_names = std::mem::take(&mut self.pending_tables);
+        let scanner = ResponseScanner::new(kind, deprecate);
+        let scanner = if table_names.is_empty() {
+            scanner
+        } else {
+            scanner.with_column_defs()
+        };
         self.phase = Phase::Command(Busy::Forwarding {
-            scanner: ResponseScanner::new(kind, deprecate),
+            scanner,
             what,
+            table_names,
         });
     }
 
@@ -1741,6 +1779,7 @@ impl Session {
                 node: self.router().default_node(),
                 access: Access::Write,
                 sql: None,
+                table_names: Vec::new(),
             },
         };
         self.execute_plan(now, pkt, plan);
@@ -1748,7 +1787,12 @@ impl Session {
 
     fn execute_plan(&mut self, now: Instant, pkt: Packet, plan: Plan) {
         match plan {
-            Plan::Single { node, access, sql } => match self.pick(node, access, now) {
+            Plan::Single {
+                node,
+                access,
+                sql,
+                table_names,
+            } => match self.pick(node, access, now) {
                 Ok(b) => {
                     self.active = b;
                     self.fwd_write = access == Access::Write;
@@ -1756,6 +1800,7 @@ impl Session {
                         Some(s) => query_packet(&s),
                         None => pkt,
                     };
+                    self.pending_tables = table_names;
                     self.forward_or_acquire(now, pkt);
                 }
                 Err(msg) => self.refuse(router::ER_ROUTING, &msg),
@@ -2075,6 +2120,15 @@ impl Session {
             }
         }
         let ids: Vec<BackendId> = lanes.keys().copied().collect();
+        let stream = match &plan.merge {
+            ScatterMerge::Rows(spec) if merge::streamable(spec) => Some(merge::StreamMerge::new(
+                (**spec).clone(),
+                plan.parts.len(),
+                self.client_deprecate_eof(),
+                self.ctx.merge_limit,
+            )),
+            _ => None,
+        };
         let run = ScatterRun {
             results: (0..plan.parts.len()).map(|_| None).collect(),
             plan,
@@ -2082,6 +2136,8 @@ impl Session {
             atomic,
             failed: None,
             ending: false,
+            stream,
+            paused: Default::default(),
         };
         self.phase = Phase::Command(Busy::Scatter(Box::new(run)));
         self.arm_deadline(now);
@@ -2154,9 +2210,18 @@ impl Session {
                 crate::backend::query_request(if *commit { "COMMIT" } else { "ROLLBACK" })
             }
         };
+        let mut collector = merge::Collector::new(deprecate, self.ctx.merge_limit);
+        if let (LaneStep::Part(_), Some(m)) = (&step, &run.stream) {
+            // Read in bites the merge takes as they come, never more rows
+            // than the merge could send.
+            collector = collector.with_budget(m.read_budget());
+            if let Some(n) = m.rows_per_part() {
+                collector.keep_at_most(n);
+            }
+        }
         lane.state = LaneState::Running {
             step,
-            collector: Box::new(merge::Collector::new(deprecate, self.ctx.merge_limit)),
+            collector: Box::new(collector),
         };
         self.out.push_back(Output::ToBackend(backend, bytes));
     }
@@ -2166,66 +2231,127 @@ impl Session {
         let Some(mut run) = self.take_scatter() else {
             return;
         };
-        let Some(lane) = run.lanes.get_mut(&backend) else {
-            buf.clear();
+        if run.paused.contains(&backend) {
+            // Left for later: the driver offers it again after ResumeBackend.
             self.phase = Phase::Command(Busy::Scatter(run));
             return;
-        };
-        let LaneState::Running { collector, .. } = &mut lane.state else {
-            buf.clear();
-            self.phase = Phase::Command(Busy::Scatter(run));
-            return;
-        };
-        match collector.feed(buf) {
-            Ok(false) => {
-                self.phase = Phase::Command(Busy::Scatter(run));
-                return;
-            }
-            Err(e) => {
-                // The stream is out of step: this connection cannot be reused.
+        }
+        let status = self.status_flags();
+        loop {
+            let Some(lane) = run.lanes.get_mut(&backend) else {
                 buf.clear();
-                lane.state = LaneState::Dead;
-                lane.queue.clear();
-                run.fail(
-                    router::ER_ROUTING,
-                    format!("Tessera could not merge the shard results: {e}"),
-                );
-                self.release_slot(backend, false);
-            }
-            Ok(true) => {
-                let LaneState::Running { step, collector } =
-                    std::mem::replace(&mut lane.state, LaneState::Idle)
-                else {
-                    unreachable!("matched above");
-                };
-                let result = (*collector).take();
-                if let Some(err) = &result.err {
-                    run.fail(err.code, err.message.clone());
-                } else {
-                    if matches!(step, LaneStep::Part(_) | LaneStep::End(true)) {
-                        self.note_gtid_changes(backend, &result.changes, now);
+                break;
+            };
+            let LaneState::Running { step, collector } = &mut lane.state else {
+                buf.clear();
+                break;
+            };
+            let part = match step {
+                LaneStep::Part(i) => Some(*i),
+                _ => None,
+            };
+            let fed = collector.feed(buf);
+            let full = collector.is_full();
+            // A streaming merge takes the columns and rows as they come.
+            let streamed = match (part, run.stream.as_mut(), &fed) {
+                (Some(i), Some(m), Ok(_)) if run.failed.is_none() => m.feed(i, collector),
+                _ => Ok(()),
+            };
+            match fed {
+                Err(e) => {
+                    // The stream is out of step: this connection cannot be reused.
+                    buf.clear();
+                    lane.state = LaneState::Dead;
+                    lane.queue.clear();
+                    run.paused.remove(&backend);
+                    run.fail(
+                        router::ER_ROUTING,
+                        format!("Tessera could not merge the shard results: {e}"),
+                    );
+                    self.release_slot(backend, false);
+                    self.scatter_pump(&mut run, status);
+                    break;
+                }
+                Ok(false) => {
+                    if let Err(e) = streamed {
+                        merge_failed(&mut run, e);
                     }
-                    match step {
-                        LaneStep::Restore(_) => {
-                            let wanted = self.wanted.clone();
-                            if let Some(meta) = self.slots.get_mut(&backend) {
-                                sync_state(meta, &wanted);
-                            }
-                        }
-                        LaneStep::ClientBegin(_) => {
-                            self.tx_backend = Some(backend);
-                            self.in_transaction = true;
-                        }
-                        LaneStep::Part(i) => run.results[i] = Some(result),
-                        LaneStep::Begin | LaneStep::End(_) => {}
+                    self.scatter_pump(&mut run, status);
+                    if run.may_pause(backend) {
+                        // Its queue is long enough: read on once the merge took some.
+                        run.paused.insert(backend);
+                        break;
+                    }
+                    if !full {
+                        break; // needs more bytes
                     }
                 }
-                self.scatter_advance(&mut run, backend);
+                Ok(true) => {
+                    let LaneState::Running { step, collector } =
+                        std::mem::replace(&mut lane.state, LaneState::Idle)
+                    else {
+                        unreachable!("matched above");
+                    };
+                    let result = (*collector).take();
+                    if let Err(e) = streamed {
+                        merge_failed(&mut run, e);
+                    }
+                    if let Some(err) = &result.err {
+                        run.fail(err.code, err.message.clone());
+                    } else {
+                        if matches!(step, LaneStep::Part(_) | LaneStep::End(true)) {
+                            self.note_gtid_changes(backend, &result.changes, now);
+                        }
+                        match step {
+                            LaneStep::Restore(_) => {
+                                let wanted = self.wanted.clone();
+                                if let Some(meta) = self.slots.get_mut(&backend) {
+                                    sync_state(meta, &wanted);
+                                }
+                            }
+                            LaneStep::ClientBegin(_) => {
+                                self.tx_backend = Some(backend);
+                                self.in_transaction = true;
+                            }
+                            LaneStep::Part(i) => {
+                                if let (Some(m), None) = (run.stream.as_mut(), &run.failed) {
+                                    if let Err(e) = m.part_done(i, Some(&result)) {
+                                        merge_failed(&mut run, e);
+                                    }
+                                }
+                                run.results[i] = Some(result);
+                            }
+                            LaneStep::Begin | LaneStep::End(_) => {}
+                        }
+                    }
+                    self.scatter_pump(&mut run, status);
+                    self.scatter_advance(&mut run, backend);
+                    break;
+                }
             }
         }
         self.phase = Phase::Command(Busy::Scatter(run));
         self.arm_deadline(now);
         self.scatter_maybe_finish(now);
+    }
+
+    /// Sends the rows a streaming merge can send now; once it needs no more,
+    /// stops the parts; resumes paused lanes that may read on.
+    fn scatter_pump(&mut self, run: &mut ScatterRun, status: StatusFlags) {
+        if run.failed.is_none() {
+            if let Some(m) = run.stream.as_mut() {
+                let out = m.pump(status);
+                if !out.is_empty() {
+                    self.out.push_back(Output::ToClient(out.freeze()));
+                }
+                if m.satisfied() {
+                    run.stop_parts();
+                }
+            }
+        }
+        for b in run.resumable() {
+            self.out.push_back(Output::ResumeBackend(b));
+        }
     }
 
     fn scatter_lane_failed(
@@ -2243,7 +2369,10 @@ impl Session {
             lane.state = crate::scatter::LaneState::Dead;
             lane.queue.clear();
         }
+        run.paused.remove(&backend);
         run.fail(code, msg);
+        let status = self.status_flags();
+        self.scatter_pump(&mut run, status);
         self.phase = Phase::Command(Busy::Scatter(run));
         self.scatter_maybe_finish(now);
     }
@@ -2290,8 +2419,21 @@ impl Session {
                 self.note_write(b, None, now);
             }
         }
+        // After rows went out, an error ends the result set instead.
+        let seq = run.stream.as_ref().map_or(1, |m| m.next_seq());
         if let Some((code, message)) = run.failed {
-            self.send_err(1, code, &message);
+            self.send_err(seq, code, &message);
+            self.end_statement_record();
+            return;
+        }
+        if let Some(mut m) = run.stream {
+            match m.finish(self.status_flags()) {
+                Ok(out) => self.out.push_back(Output::ToClient(out.freeze())),
+                Err(e) => {
+                    let msg = format!("Tessera could not merge the shard results: {e}");
+                    self.send_err(m.next_seq(), router::ER_ROUTING, &msg);
+                }
+            }
             self.end_statement_record();
             return;
         }
@@ -2351,6 +2493,7 @@ impl Session {
         now: Instant,
         scanner: &mut ResponseScanner,
         what: &Forwarded,
+        table_names: &[(String, String)],
         buf: &mut BytesMut,
     ) -> bool {
         let strip = !self
@@ -2432,6 +2575,17 @@ impl Session {
                                 self.last_error = Some(e.code);
                             }
                             pass += total;
+                        }
+                        Interest::ColumnDef => {
+                            match merge::rename_column_def(&buf[payload_range], table_names) {
+                                Some(renamed) => {
+                                    self.flush(buf, pass);
+                                    buf.advance(total);
+                                    pass = 0;
+                                    self.out.push_back(Output::ToClient(frame(seq, &renamed)));
+                                }
+                                None => pass += total,
+                            }
                         }
                         _ => pass += total,
                     }
@@ -2584,6 +2738,15 @@ enum InternalResult {
     Ok { changes: Vec<protocol::StateChange> },
     Err(protocol::ErrInfo),
     Prepared { stmt_id: u32 },
+}
+
+/// A streaming merge could not go on: the client gets the error once every
+/// lane has read its answer to the end.
+fn merge_failed(run: &mut ScatterRun, e: merge::MergeError) {
+    run.fail(
+        router::ER_ROUTING,
+        format!("Tessera could not merge the shard results: {e}"),
+    );
 }
 
 /// Marks a connection as holding the session's wanted state.
@@ -3003,6 +3166,259 @@ mod tests {
         assert_eq!(ctx.sequences.available("stu"), 4);
     }
 
+    /// Plays the driver for a sharded session: attaches backends, answers
+    /// restore commands with OK, records shard queries, re-offers buffered
+    /// bytes on `ResumeBackend`, and reads a backend only when the session
+    /// wants its data.
+    struct Shards {
+        bufs: BTreeMap<BackendId, BytesMut>,
+        client: Vec<u8>,
+        queries: Vec<(BackendId, String)>,
+    }
+
+    impl Shards {
+        fn new() -> Self {
+            Self {
+                bufs: BTreeMap::new(),
+                client: Vec::new(),
+                queries: Vec::new(),
+            }
+        }
+
+        fn drive(&mut self, s: &mut Session, now: Instant) {
+            while let Some(o) = s.poll_output() {
+                match o {
+                    Output::AcquireBackend(b) => {
+                        s.handle_backend_attached(now, b, testing::backend_meta(client_caps()))
+                    }
+                    Output::ToBackend(b, bytes) => {
+                        let text = String::from_utf8_lossy(&bytes[5..]).into_owned();
+                        let restore = matches!(bytes[4], cmd::SET_OPTION | cmd::INIT_DB)
+                            || text.starts_with("SET ");
+                        if restore {
+                            s.handle_backend_data(
+                                now,
+                                b,
+                                &mut BytesMut::from(&testing::ok_reply()[..]),
+                            );
+                        } else {
+                            self.queries.push((b, text));
+                        }
+                    }
+                    Output::ResumeBackend(b) => {
+                        let buf = self.bufs.entry(b).or_default();
+                        s.handle_backend_data(now, b, buf);
+                    }
+                    Output::ToClient(bytes) => self.client.extend_from_slice(&bytes),
+                    _ => {}
+                }
+            }
+        }
+
+        /// Bytes arrive from backend `b` (read only if the session wants them).
+        fn arrive(&mut self, s: &mut Session, now: Instant, b: BackendId, bytes: &[u8]) {
+            let buf = self.bufs.entry(b).or_default();
+            buf.extend_from_slice(bytes);
+            if s.wants_backend_data(b) {
+                s.handle_backend_data(now, b, buf);
+            }
+            self.drive(s, now);
+        }
+    }
+
+    fn stu_columns(sub: &str) -> Vec<mysql_common::packets::Column> {
+        use mysql_common::constants::ColumnType;
+        [
+            ("id", ColumnType::MYSQL_TYPE_LONGLONG, 63),
+            ("name", ColumnType::MYSQL_TYPE_VAR_STRING, 45),
+        ]
+        .iter()
+        .map(|(n, t, cs)| {
+            mysql_common::packets::Column::new(*t)
+                .with_schema(b"db")
+                .with_table(b"stu")
+                .with_org_table(sub.as_bytes())
+                .with_name(n.as_bytes())
+                .with_org_name(n.as_bytes())
+                .with_character_set(*cs)
+        })
+        .collect()
+    }
+
+    /// A sub-table's answer: rows `(id, name)` for these ids.
+    fn stu_answer(sub: &str, ids: impl Iterator<Item = i64>) -> Vec<u8> {
+        let rows: Vec<(String, String)> = ids
+            .map(|i| (i.to_string(), format!("name-{i:05}-with-some-padding")))
+            .collect();
+        let cells: Vec<Vec<Option<&[u8]>>> = rows
+            .iter()
+            .map(|(a, b)| vec![Some(a.as_bytes()), Some(b.as_bytes())])
+            .collect();
+        protocol::encode_text_result(
+            &stu_columns(sub),
+            &cells,
+            true,
+            StatusFlags::SERVER_STATUS_AUTOCOMMIT,
+        )
+        .to_vec()
+    }
+
+    #[test]
+    fn cross_shard_order_by_streams_past_the_merge_limit() {
+        let now = Instant::now();
+        // Each sub-table answers ~11 KB; the merge may hold 4 KB per part.
+        let ctx = testing::sharded_context("1, 1", 4096);
+        let mut s = testing::logged_in_with(ctx, now, client_caps());
+        let mut net = Shards::new();
+        s.handle_client_data(
+            now,
+            &mut framed(0, b"\x03SELECT id, name FROM stu ORDER BY id LIMIT 150"),
+        );
+        net.drive(&mut s, now);
+        assert_eq!(net.queries.len(), 2, "{:?}", net.queries);
+        let (b0, b1) = (BackendId(0), BackendId(1));
+        let even = stu_answer("stu_0000", (0..600).step_by(2));
+        let odd = stu_answer("stu_0001", (1..600).step_by(2));
+        assert!(even.len() > 2 * 4096);
+        // Only one part has answered: nothing can go out yet, and its lane
+        // pauses instead of queueing the whole answer, however it arrives.
+        for chunk in even.chunks(300) {
+            net.arrive(&mut s, now, b0, chunk);
+        }
+        assert!(net.client.is_empty());
+        assert!(!s.wants_backend_data(b0), "the lane waits for the merge");
+        assert!(
+            net.bufs[&b0].len() > even.len() / 2,
+            "its bytes wait unread"
+        );
+        // The other part's rows let both flow.
+        for chunk in odd.chunks(500) {
+            net.arrive(&mut s, now, b1, chunk);
+        }
+        let cols: Vec<_> = stu_columns("stu").into_iter().collect();
+        let rows: Vec<(String, String)> = (0..150)
+            .map(|i: i64| (i.to_string(), format!("name-{i:05}-with-some-padding")))
+            .collect();
+        let cells: Vec<Vec<Option<&[u8]>>> = rows
+            .iter()
+            .map(|(a, b)| vec![Some(a.as_bytes()), Some(b.as_bytes())])
+            .collect();
+        let want = protocol::encode_text_result(
+            &cols,
+            &cells,
+            true,
+            StatusFlags::SERVER_STATUS_AUTOCOMMIT,
+        );
+        assert_eq!(net.client, want.to_vec());
+        assert!(s.is_idle());
+        assert!(
+            net.bufs.values().all(|b| b.is_empty()),
+            "answers read to the end"
+        );
+    }
+
+    #[test]
+    fn a_satisfied_limit_stops_parts_not_yet_sent_and_drains_the_rest() {
+        let now = Instant::now();
+        // stu_0000 and stu_0001 on node1 (run one after the other), stu_0002 on node2.
+        let ctx = testing::sharded_context("2, 1", 1 << 20);
+        let mut s = testing::logged_in_with(ctx, now, client_caps());
+        let mut net = Shards::new();
+        s.handle_client_data(now, &mut framed(0, b"\x03SELECT id, name FROM stu LIMIT 3"));
+        net.drive(&mut s, now);
+        let sent: Vec<&str> = net.queries.iter().map(|(_, q)| q.as_str()).collect();
+        assert_eq!(
+            sent,
+            vec![
+                "SELECT id, name FROM stu_0000 AS `stu` LIMIT 3",
+                "SELECT id, name FROM stu_0002 AS `stu` LIMIT 3"
+            ]
+        );
+        net.arrive(
+            &mut s,
+            now,
+            BackendId(0),
+            &stu_answer("stu_0000", [0, 3, 6].into_iter()),
+        );
+        // Three rows went out; stu_0001 is never asked, stu_0002's answer is read and dropped.
+        net.arrive(
+            &mut s,
+            now,
+            BackendId(1),
+            &stu_answer("stu_0002", [2, 5, 8].into_iter()),
+        );
+        assert_eq!(net.queries.len(), 2, "{:?}", net.queries);
+        let cells: Vec<Vec<Option<&[u8]>>> = [0, 3, 6]
+            .iter()
+            .map(|i| {
+                let name = format!("name-{i:05}-with-some-padding");
+                vec![Some(i.to_string().into_bytes()), Some(name.into_bytes())]
+            })
+            .map(|r| {
+                r.into_iter()
+                    .map(|c| c.map(|v| &*Box::leak(v.into_boxed_slice())))
+                    .collect()
+            })
+            .collect();
+        let want = protocol::encode_text_result(
+            &stu_columns("stu"),
+            &cells,
+            true,
+            StatusFlags::SERVER_STATUS_AUTOCOMMIT,
+        );
+        assert_eq!(net.client, want.to_vec());
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn a_shard_error_after_rows_went_out_ends_the_result_set() {
+        let now = Instant::now();
+        let ctx = testing::sharded_context("1, 1", 1 << 20);
+        let mut s = testing::logged_in_with(ctx, now, client_caps());
+        let mut net = Shards::new();
+        s.handle_client_data(now, &mut framed(0, b"\x03SELECT id, name FROM stu"));
+        net.drive(&mut s, now);
+        net.arrive(
+            &mut s,
+            now,
+            BackendId(0),
+            &stu_answer("stu_0000", [0, 2].into_iter()),
+        );
+        assert!(!net.client.is_empty(), "rows go out as they arrive");
+        let err = framed(
+            1,
+            &protocol::err_payload(1146, "42S02", "Table 'db.stu_0001' doesn't exist"),
+        );
+        net.arrive(&mut s, now, BackendId(1), &err);
+        assert!(s.is_idle());
+        // A well-formed result set that ends in that error, sequence ids in order.
+        let mut frames = FrameReader::new(1 << 20);
+        frames.expect_seq(Some(1));
+        let mut wire = BytesMut::from(&net.client[..]);
+        let mut last = None;
+        while let Some(p) = frames
+            .next_packet(&mut wire)
+            .expect("sequence ids in order")
+        {
+            last = Some(p);
+        }
+        let last = last.unwrap();
+        assert_eq!(
+            protocol::parse_err(&last.payload).map(|e| e.code),
+            Some(1146)
+        );
+        let mut scanner = ResponseScanner::new(ResponseKind::Generic, true);
+        let mut pos = 0;
+        while !scanner.is_done() {
+            match scanner.step(&net.client[pos..]) {
+                Step::Pass(n) => pos += n,
+                Step::Packet { total, .. } => pos += total,
+                Step::NeedMore => panic!("truncated"),
+            }
+        }
+        assert_eq!(pos, net.client.len());
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -3042,6 +3458,65 @@ mod tests {
                 if d.closed || s.is_closed() {
                     break;
                 }
+            }
+        }
+
+        /// Whatever the shards answer to a streaming merge, in whatever
+        /// pieces: no panic, and the session ends the statement or waits.
+        #[test]
+        fn streaming_merge_survives_any_shard_answer(
+            sql in prop_oneof![
+                Just("SELECT id, name FROM stu ORDER BY id LIMIT 3"),
+                Just("SELECT id, name FROM stu"),
+                Just("SELECT id FROM stu ORDER BY name DESC"),
+            ],
+            rows in proptest::collection::vec(0i64..50, 0..30),
+            garbage in proptest::collection::vec(any::<u8>(), 0..80),
+            cut in 0usize..400,
+            chunk in 1usize..200,
+            which in 0usize..3,
+        ) {
+            let now = Instant::now();
+            let ctx = testing::sharded_context("1, 1", 512);
+            let mut s = testing::logged_in_with(ctx, now, client_caps());
+            let mut net = Shards::new();
+            s.handle_client_data(now, &mut framed(0, &[&[cmd::QUERY][..], sql.as_bytes()].concat()));
+            net.drive(&mut s, now);
+            prop_assert_eq!(net.queries.len(), 2);
+            // One shard answers well, the other with a damaged answer.
+            let good = stu_answer("stu_0000", rows.iter().map(|i| i * 2));
+            let mut bad = stu_answer("stu_0001", rows.iter().map(|i| i * 2 + 1));
+            match which {
+                0 => bad.truncate(cut.min(bad.len())),
+                1 => {
+                    let at = cut.min(bad.len());
+                    bad.splice(at..at, garbage.iter().copied());
+                }
+                _ => bad = garbage.clone(),
+            }
+            for (b, wire) in [(BackendId(0), &good), (BackendId(1), &bad)] {
+                for piece in wire.chunks(chunk) {
+                    net.arrive(&mut s, now, b, piece);
+                }
+            }
+            // What the client got is framed in order; once the statement is
+            // over it is one complete response.
+            let mut frames = FrameReader::new(1 << 20);
+            frames.expect_seq(Some(1));
+            let mut wire = BytesMut::from(&net.client[..]);
+            while let Some(_p) = frames.next_packet(&mut wire).map_err(|e| TestCaseError::fail(format!("{e}")))? {}
+            if s.is_idle() {
+                prop_assert!(wire.is_empty());
+                let mut scanner = ResponseScanner::new(ResponseKind::Generic, true);
+                let mut pos = 0;
+                while !scanner.is_done() {
+                    match scanner.step(&net.client[pos..]) {
+                        Step::Pass(n) => pos += n,
+                        Step::Packet { total, .. } => pos += total,
+                        Step::NeedMore => break,
+                    }
+                }
+                prop_assert!(scanner.is_done() && pos == net.client.len(), "{:?}", net.client);
             }
         }
 

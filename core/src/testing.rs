@@ -50,6 +50,41 @@ pub fn context(max_allowed_packet: usize) -> Arc<SessionContext> {
     })
 }
 
+/// A context whose router shards `stu` (key `id`, hash) over two nodes with
+/// these `locations` (sub-tables per node), each node a lone primary
+/// (`BackendId(0)` and `BackendId(1)`), and this merge limit.
+pub fn sharded_context(locations: &str, merge_limit: usize) -> Arc<SessionContext> {
+    let toml = format!(
+        r#"
+listen = "127.0.0.1:3307"
+[[users]]
+name = "app"
+password_native = "*14E65567ABDB5135D0CFD9A70B3032C179A49EE7"
+[[nodes]]
+name = "node1"
+primary = "127.0.0.1:3306"
+user = "root"
+[[nodes]]
+name = "node2"
+primary = "127.0.0.1:3316"
+user = "root"
+[[schema.tables]]
+name = "stu"
+key = "id"
+function = "hash"
+locations = [{locations}]
+"#
+    );
+    let v = crate::config::Config::from_toml(&toml)
+        .and_then(|c| c.validate())
+        .expect("test schema is valid");
+    let ctx = context(64 << 20);
+    let mut ctx = Arc::try_unwrap(ctx).unwrap_or_else(|_| unreachable!("fresh context"));
+    ctx.router = Arc::new(Router::new(v.topology, v.schema, v.blacklist));
+    ctx.merge_limit = merge_limit;
+    Arc::new(ctx)
+}
+
 /// The backend a single-node context routes everything to.
 pub const PRIMARY: BackendId = BackendId(0);
 

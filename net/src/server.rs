@@ -424,8 +424,15 @@ impl<S: Stream, C: Connector> ClientDriver<S, C> {
             let read_client = session.wants_client_data() || client_buf.len() < CLIENT_BUFFER_LIMIT;
             let event = {
                 let client = &mut self.client;
-                let has_backend = !self.backends.is_empty();
-                let backend_read = read_any(&mut self.backends);
+                // A streaming merge may leave a backend unread until it catches up.
+                let paused: Vec<BackendId> = self
+                    .backends
+                    .keys()
+                    .copied()
+                    .filter(|id| !session.wants_backend_data(*id))
+                    .collect();
+                let has_backend = self.backends.len() > paused.len();
+                let backend_read = read_any(&mut self.backends, &paused);
                 tokio::select! {
                     biased;
                     (id, r) = backend_read, if has_backend => Event::Backend(id, r),
@@ -528,6 +535,12 @@ impl<S: Stream, C: Connector> ClientDriver<S, C> {
                     self.backend_thread
                         .store(session.backend_thread_id().unwrap_or(0), Ordering::Relaxed);
                 }
+                Output::ResumeBackend(id) => {
+                    self.flush_client(&mut client_out).await?;
+                    if let Some(conn) = self.backends.get_mut(&id) {
+                        session.handle_backend_data(now(), id, &mut conn.buf);
+                    }
+                }
                 Output::Kill {
                     connection_id,
                     query_only,
@@ -618,9 +631,13 @@ impl<S: Stream, C: Connector> ClientDriver<S, C> {
 /// backend order, so simulations stay reproducible).
 async fn read_any<S: crate::transport::Stream>(
     conns: &mut BTreeMap<BackendId, BackendConn<S>>,
+    paused: &[BackendId],
 ) -> (BackendId, std::io::Result<usize>) {
     std::future::poll_fn(|cx| {
         for (id, conn) in conns.iter_mut() {
+            if paused.contains(id) {
+                continue;
+            }
             let read = pin!(conn.stream.read_buf(&mut conn.buf));
             if let Poll::Ready(r) = read.poll(cx) {
                 return Poll::Ready((*id, r));

@@ -25,6 +25,11 @@ struct ShardedEnv {
 
 impl ShardedEnv {
     async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with the proxy configuration adjusted by `adjust`.
+    async fn start_with(adjust: impl FnOnce(&mut tessera_core::config::Config)) -> Self {
         let dir = mariadbd::scratch_dir("tessera-sharding-test");
         std::fs::create_dir_all(&dir).unwrap();
         let opts = PlaygroundOptions {
@@ -33,7 +38,8 @@ impl ShardedEnv {
             port: mariadbd::free_port().unwrap(),
             dir: Some(dir.clone()),
         };
-        let (shards, config) = playground::start_backends(&opts, &dir).expect("servers start");
+        let (shards, mut config) = playground::start_backends(&opts, &dir).expect("servers start");
+        adjust(&mut config);
         shards[0]
             .primary
             .sql(&format!(
@@ -174,7 +180,43 @@ const BATTERY: &[(&str, bool)] = &[
     ("SELECT c.name, COUNT(*) FROM stu JOIN countries c ON c.code = stu.cc GROUP BY c.name", false),
     ("SELECT * FROM countries ORDER BY code", true),
     ("SELECT id FROM stu WHERE id = 99999", true),
+    ("SELECT s.name, s.id AS k FROM stu s WHERE s.id = 6", true),
+    ("SELECT stu.*, countries.name FROM stu JOIN countries ON countries.code = stu.cc WHERE stu.id = 8", true),
+    ("SELECT * FROM stu ORDER BY id LIMIT 3", true),
+    ("SELECT * FROM stu JOIN countries c ON c.code = stu.cc ORDER BY c.name, stu.id DESC LIMIT 4", true),
+    // Schema-qualified names (`{db}`: each side's own database).
+    ("SELECT {db}.stu.name, stu.id FROM {db}.stu WHERE {db}.stu.id = 7", true),
+    ("SELECT `{db}`.`stu`.* FROM `{db}`.`stu` WHERE id IN (3, 4)", false),
+    ("SELECT {db}.stu.id FROM {db}.stu ORDER BY {db}.stu.score DESC, {db}.stu.id LIMIT 5", true),
+    ("SELECT AVG({db}.stu.score), COUNT({db}.stu.id) FROM {db}.stu", true),
+    ("SELECT {db}.stu.cc, COUNT(*) FROM {db}.stu GROUP BY {db}.stu.cc ORDER BY {db}.stu.cc", true),
 ];
+
+/// Column metadata beyond what [`run_text`] compares: schema, table and
+/// original names. The proxy's schema is `DATABASE` where the reference's is
+/// `reference` (expression labels that spell the database included).
+async fn names_of(conn: &mut Conn, sql: &str) -> Vec<[String; 5]> {
+    let result = conn.query_iter(sql).await.expect(sql);
+    let columns = result.columns().map(|c| c.to_vec()).unwrap_or_default();
+    drop(result.drop_result().await);
+    columns
+        .iter()
+        .map(|c| {
+            let schema = c.schema_str().into_owned();
+            [
+                if schema == "reference" {
+                    DATABASE.to_string()
+                } else {
+                    schema
+                },
+                c.table_str().into_owned(),
+                c.org_table_str().into_owned(),
+                c.name_str().replace("reference.", &format!("{DATABASE}.")),
+                c.org_name_str().into_owned(),
+            ]
+        })
+        .collect()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sharded_answers_match_one_plain_table() {
@@ -198,10 +240,32 @@ async fn sharded_answers_match_one_plain_table() {
 
     let mut mismatches = Vec::new();
     for (sql, ordered) in BATTERY {
-        let got = normalise(run_text(&mut proxy, sql).await, *ordered);
-        let want = normalise(run_text(&mut reference, sql).await, *ordered);
+        let (through, direct) = (
+            sql.replace("{db}", DATABASE),
+            sql.replace("{db}", "reference"),
+        );
+        let got = normalise(run_text(&mut proxy, &through).await, *ordered);
+        let mut want = normalise(run_text(&mut reference, &direct).await, *ordered);
+        // Labels of expressions spell the database as each side was asked.
+        for o in want.iter_mut() {
+            if let Outcome::Rows { columns, .. } = o {
+                for c in columns.iter_mut() {
+                    c.0 = c.0.replace("reference.", &format!("{DATABASE}."));
+                }
+            }
+        }
         if got != want {
             mismatches.push(format!("{sql}\n  tessera: {got:?}\n  mariadb: {want:?}"));
+            continue;
+        }
+        if matches!(want.first(), Some(Outcome::Rows { .. })) {
+            let got = names_of(&mut proxy, &through).await;
+            let want = names_of(&mut reference, &direct).await;
+            if got != want {
+                mismatches.push(format!(
+                    "{sql} (column names)\n  tessera: {got:?}\n  mariadb: {want:?}"
+                ));
+            }
         }
     }
     assert!(
@@ -270,6 +334,43 @@ async fn writes_transactions_and_refusals() {
         names,
         vec![(1, "tx".into()), (4, "d".into()), (9, "same node".into())]
     );
+
+    // Schema-qualified tables and columns reach the right sub-tables.
+    let q = |s: &str| s.replace("{db}", DATABASE);
+    c.query_drop(q(
+        "INSERT INTO {db}.stu (id, name) VALUES (20, 'x'), (21, 'y') ON DUPLICATE KEY UPDATE name = VALUES(name)",
+    ))
+    .await
+    .unwrap();
+    // Qualified columns in an INSERT are refused, never sent with the logical name.
+    let (code, msg) = error_of(
+        &mut c,
+        &q("INSERT INTO {db}.stu (id, name) VALUES (22, 'z') ON DUPLICATE KEY UPDATE name = {db}.stu.name"),
+    )
+    .await;
+    assert_eq!(code, 1235);
+    assert!(msg.contains("Qualified column names"), "{msg}");
+    c.query_drop(q(
+        "UPDATE {db}.stu SET {db}.stu.name = CONCAT({db}.stu.name, '!') WHERE {db}.stu.id IN (20, 1)",
+    ))
+    .await
+    .unwrap();
+    c.query_drop(q("DELETE FROM {db}.stu WHERE {db}.stu.id = 21"))
+        .await
+        .unwrap();
+    let names: Vec<(i64, String)> = c
+        .query(q(
+            "/*master*/ SELECT {db}.stu.id, name FROM {db}.stu WHERE id IN (1, 20, 21) ORDER BY {db}.stu.id",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(names, vec![(1, "tx!".into()), (20, "x!".into())]);
+    c.query_drop(q("DELETE FROM {db}.stu WHERE id = 20"))
+        .await
+        .unwrap();
+    c.query_drop("UPDATE stu SET name = 'tx' WHERE id = 1")
+        .await
+        .unwrap();
 
     // ROLLBACK undoes the transaction's rows.
     c.query_drop("START TRANSACTION").await.unwrap();
@@ -451,4 +552,69 @@ async fn prepared_statements_route_by_their_parameters() {
     c.close(insert).await.unwrap();
     let one: Option<i64> = c.query_first("SELECT 1").await.unwrap();
     assert_eq!(one, Some(1));
+}
+
+/// Cross-shard ORDER BY merges while rows arrive: a sorted answer far larger
+/// than `max_merge_bytes` goes through, as long as no part has to be held
+/// whole beyond it. Sub-tables `stu_0003` and `stu_0007` (the last of each
+/// node, read while the merge runs) hold ~100 KB each; the merge may hold
+/// 32 KB per part. Shapes that need every row first still stop at the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_merge_goes_past_max_merge_bytes() {
+    let env = ShardedEnv::start_with(|c| c.max_merge_bytes = 32 << 10).await;
+    let mut proxy = env.proxy_conn().await;
+    let mut reference = env.reference_conn().await;
+    let mut ids: Vec<i64> = (0..1500).flat_map(|j| [8 * j + 3, 8 * j + 7]).collect();
+    // No id 0: `stu` fills 0 from its sequence, as AUTO_INCREMENT would.
+    ids.extend([16, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14]);
+    let rows: Vec<String> = ids
+        .iter()
+        .map(|i| format!("({i}, 'row {i:06} {}', {})", "x".repeat(48), i % 97))
+        .collect();
+    for chunk in rows.chunks(500) {
+        let sql = format!(
+            "INSERT INTO stu (id, name, score) VALUES {}",
+            chunk.join(", ")
+        );
+        proxy
+            .query_drop(&sql)
+            .await
+            .expect("insert through Tessera");
+        reference.query_drop(&sql).await.unwrap();
+    }
+    for _ in 0..200 {
+        let n: Option<i64> = proxy.query_first("SELECT COUNT(*) FROM stu").await.unwrap();
+        if n == Some(ids.len() as i64) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    for sql in [
+        "SELECT id, name FROM stu ORDER BY id LIMIT 2500",
+        "SELECT id, name, score FROM stu ORDER BY score DESC, id",
+        "SELECT * FROM stu ORDER BY name DESC LIMIT 10 OFFSET 2900",
+    ] {
+        let got = run_text(&mut proxy, sql).await;
+        let want = run_text(&mut reference, sql).await;
+        assert!(
+            got == want,
+            "{sql}\n  tessera: {got:?}\n  mariadb: {want:?}"
+        );
+    }
+    // Without ORDER BY a LIMIT stops the merge early; the connections are
+    // left clean for the next statement.
+    let some: Vec<i64> = proxy.query("SELECT id FROM stu LIMIT 7").await.unwrap();
+    assert_eq!(some.len(), 7);
+    let n: Option<i64> = proxy.query_first("SELECT COUNT(*) FROM stu").await.unwrap();
+    assert_eq!(n, Some(ids.len() as i64));
+    // DISTINCT needs every row before the first goes out: still limited.
+    let (code, msg) = error_of(&mut proxy, "SELECT DISTINCT name FROM stu").await;
+    assert_eq!(code, 1105);
+    assert!(msg.contains("merge limit"), "{msg}");
+    let n: Option<i64> = proxy
+        .query_first("SELECT COUNT(*) FROM stu WHERE id < 100")
+        .await
+        .unwrap();
+    assert_eq!(n, Some(37));
 }

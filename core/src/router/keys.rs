@@ -3,8 +3,12 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
+use std::ops::ControlFlow;
+
 use sqlparser::ast::{
-    BinaryOperator, Expr, Ident, TableFactor, TableWithJoins, UnaryOperator, Value,
+    visit_expressions, visit_expressions_mut, AssignmentTarget, BinaryOperator, Expr, Ident,
+    ObjectName, ObjectNamePart, OnInsert, SelectItem, SelectItemQualifiedWildcardKind, SetExpr,
+    Statement, TableFactor, TableWithJoins, UnaryOperator, Value,
 };
 
 use crate::shard::{IndexSet, Literal, ShardedTable};
@@ -177,6 +181,8 @@ fn flip(op: &BinaryOperator) -> BinaryOperator {
 /// One table reference in a FROM list.
 pub struct TableUse<'a> {
     pub ident: &'a Ident,
+    /// The database part of `db.table`, when the client wrote one.
+    pub schema: Option<&'a Ident>,
     pub alias: Option<&'a Ident>,
     pub sharded: Option<Arc<ShardedTable>>,
     pub broadcast: bool,
@@ -205,8 +211,14 @@ pub fn table_uses<'a>(
                     let Some(ident) = table_ident(name) else {
                         return Err("a computed table name");
                     };
+                    let schema = match name.0.as_slice() {
+                        [_] => None,
+                        [ObjectNamePart::Identifier(db), _] => Some(db),
+                        _ => return Err("a table name with more than a database and a table part"),
+                    };
                     out.push(TableUse {
                         ident,
+                        schema,
                         alias: alias.as_ref().map(|a| &a.name),
                         sharded: router.schema.sharded(&ident.value).cloned(),
                         broadcast: router.schema.is_broadcast(&ident.value),
@@ -237,4 +249,164 @@ pub fn rename_use(
     }
     edits.replace(range, text);
     Some(())
+}
+
+/// The qualifiers of column references in a statement: `[stu]` of `stu.id`,
+/// `[db, stu]` of `db.stu.id`, and those of `stu.*`, SET targets, INSERT
+/// column lists and ON DUPLICATE KEY UPDATE targets. Only the top-level
+/// SELECT's select list is looked at for wildcards (subqueries over sharded
+/// tables are refused before this matters).
+///
+/// `sql` is the statement's text: without a `.` there is no qualifier to
+/// look for, and the walk over the statement is skipped.
+pub fn column_qualifiers(sql: &str, stmt: &Statement) -> Vec<Vec<Ident>> {
+    let mut out = Vec::new();
+    if !sql.contains('.') {
+        return out;
+    }
+    fn name(out: &mut Vec<Vec<Ident>>, n: &ObjectName, column: bool) {
+        let parts: Vec<Ident> =
+            n.0.iter()
+                .filter_map(|p| match p {
+                    ObjectNamePart::Identifier(i) => Some(i.clone()),
+                    _ => None,
+                })
+                .collect();
+        // A column name keeps its last part; a wildcard prefix is all qualifier.
+        let keep = usize::from(column);
+        if parts.len() > keep {
+            out.push(parts[..parts.len() - keep].to_vec());
+        }
+    }
+    let targets = |a: &[sqlparser::ast::Assignment]| -> Vec<ObjectName> {
+        a.iter()
+            .flat_map(|a| match &a.target {
+                AssignmentTarget::ColumnName(c) => vec![c.clone()],
+                AssignmentTarget::Tuple(cs) => cs.clone(),
+            })
+            .collect()
+    };
+    match stmt {
+        Statement::Query(q) => {
+            if let SetExpr::Select(sel) = q.body.as_ref() {
+                for item in &sel.projection {
+                    if let SelectItem::QualifiedWildcard(
+                        SelectItemQualifiedWildcardKind::ObjectName(n),
+                        _,
+                    ) = item
+                    {
+                        name(&mut out, n, false);
+                    }
+                }
+            }
+        }
+        Statement::Update(u) => {
+            for t in targets(&u.assignments) {
+                name(&mut out, &t, true);
+            }
+        }
+        Statement::Insert(ins) => {
+            for c in &ins.columns {
+                name(&mut out, c, true);
+            }
+            if let Some(OnInsert::DuplicateKeyUpdate(a)) = &ins.on {
+                for t in targets(a) {
+                    name(&mut out, &t, true);
+                }
+            }
+        }
+        _ => {}
+    }
+    let _ = visit_expressions(stmt, |e| {
+        match e {
+            Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+                out.push(parts[..parts.len() - 1].to_vec());
+            }
+            Expr::QualifiedWildcard(n, _) => name(&mut out, n, false),
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    out
+}
+
+/// How the rewritten statement refers to a sharded table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// By an alias: the client's own, or the logical name added by
+    /// [`rename_use`] (SELECT, UPDATE). `stu.id` keeps working; `db.stu.id`
+    /// loses its database part, since an aliased table is only known by
+    /// its alias.
+    Alias,
+    /// By the sub-table's own name (DELETE, INSERT take no alias):
+    /// `stu.id` and `db.stu.id` get the sub-table in place of `stu`.
+    SubTable,
+}
+
+impl TableUse<'_> {
+    /// Whether a qualifier names this table (not its alias): `[stu]` or
+    /// `[db, stu]` with the database the FROM clause gave, if it gave one.
+    fn names_table(&self, qualifier: &[Ident]) -> bool {
+        match qualifier {
+            [t] => t.value.eq_ignore_ascii_case(&self.ident.value),
+            [db, t] => {
+                t.value.eq_ignore_ascii_case(&self.ident.value)
+                    && self.schema.is_none_or(|s| s.value == db.value)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Edits that make column qualifiers naming the logical table valid in the
+/// rewritten statement (see [`Naming`]). A qualifier with a client alias in
+/// force is left alone: it is as wrong (or right) as it was.
+pub fn requalify(
+    edits: &mut Edits,
+    index: &Source,
+    qualifiers: &[Vec<Ident>],
+    use_: &TableUse,
+    sub_table: &str,
+    naming: Naming,
+) -> Option<()> {
+    if use_.alias.is_some() {
+        return Some(());
+    }
+    for q in qualifiers {
+        if !use_.names_table(q) {
+            continue;
+        }
+        let t = q.last()?;
+        match (naming, q.as_slice()) {
+            (Naming::Alias, [db, t]) => {
+                let start = index.offset(db.span.start)?;
+                let end = index.offset(t.span.start)?;
+                edits.replace(start..end, "");
+            }
+            (Naming::Alias, _) => {}
+            (Naming::SubTable, _) => {
+                edits.replace(index.range(t.span)?, quoted(sub_table, t.quote_style));
+            }
+        }
+    }
+    Some(())
+}
+
+/// An expression as the shard query spells it, for text Tessera adds
+/// (hidden sort and group columns): `db.stu.col` becomes `stu.col`, as
+/// [`requalify`] does in the client's text under [`Naming::Alias`].
+pub fn shard_text(use_: &TableUse, e: &Expr) -> String {
+    if use_.alias.is_some() {
+        return e.to_string();
+    }
+    let mut e = e.clone();
+    let _ = visit_expressions_mut(&mut e, |x| {
+        if let Expr::CompoundIdentifier(parts) = x {
+            if parts.len() == 3 && use_.names_table(&parts[..2]) {
+                parts.remove(0);
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    e.to_string()
 }

@@ -45,6 +45,10 @@ pub enum Plan {
         node: usize,
         access: Access,
         sql: Option<String>,
+        /// Sub-tables the rewrite put in place of logical tables (physical,
+        /// logical): the column metadata of the answer is renamed back, so
+        /// `org_table` names the logical table. Empty when nothing was renamed.
+        table_names: Vec<(String, String)>,
     },
     /// A statement bound to the session's connection (`LAST_INSERT_ID()`,
     /// `SHOW WARNINGS`, `SET`, user variables): it runs where the session
@@ -226,11 +230,13 @@ impl Router {
                 node: default_node,
                 access: Access::Write,
                 sql: None,
+                table_names: Vec::new(),
             },
             access => Plan::Single {
                 node: default_node,
                 access,
                 sql: None,
+                table_names: Vec::new(),
             },
         };
         let checks_writes = self.blacklist.checks_unfiltered_writes()
@@ -353,7 +359,7 @@ impl Router {
     /// when it touches none of them.
     fn plan_statement(&self, src: &Source, stmt: &Statement, locking: bool) -> Option<Plan> {
         match stmt {
-            Statement::Query(q) => select::plan_query(self, src, q, locking),
+            Statement::Query(q) => select::plan_query(self, src, stmt, q, locking),
             Statement::Insert(_)
             | Statement::Update(_)
             | Statement::Delete(_)
@@ -517,12 +523,14 @@ fn finish(plan: Plan, primary_hint: bool, lock_suffix: Option<&'static str>) -> 
                 node,
                 access: Access::Read,
                 sql,
+                table_names,
             },
             true,
         ) => Plan::Single {
             node,
             access: Access::Write,
             sql,
+            table_names,
         },
         (Plan::Scatter(mut s), true) => {
             s.access = Access::Write;
@@ -533,13 +541,17 @@ fn finish(plan: Plan, primary_hint: bool, lock_suffix: Option<&'static str>) -> 
     match (plan, lock_suffix) {
         (
             Plan::Single {
-                node, sql: Some(s), ..
+                node,
+                sql: Some(s),
+                table_names,
+                ..
             },
             Some(suffix),
         ) => Plan::Single {
             node,
             access: Access::Write,
             sql: Some(format!("{s}{suffix}")),
+            table_names,
         },
         (Plan::Scatter(mut s), Some(suffix)) => {
             for p in &mut s.parts {
@@ -583,7 +595,9 @@ pub fn explain_rows(router: &Router, plan: &Plan) -> Vec<[String; 4]> {
         Access::Write => "primary".to_string(),
     };
     match plan {
-        Plan::Single { node, access, sql } => vec![[
+        Plan::Single {
+            node, access, sql, ..
+        } => vec![[
             node_name(*node),
             role(*access),
             sql.clone().unwrap_or_else(|| "(statement as sent)".into()),
@@ -646,9 +660,15 @@ fn describe_merge(m: &MergeSpec) -> String {
     if m.distinct {
         steps.push("distinct".into());
     }
+    let streamed = crate::merge::streamable(m);
     if !m.order_by.is_empty() {
         steps.push(format!(
-            "sort by {}",
+            "{} by {}",
+            if streamed {
+                "k-way merge of the sorted parts, as rows arrive,"
+            } else {
+                "sort"
+            },
             m.order_by
                 .iter()
                 .map(|k| format!("#{}{}", k.column + 1, if k.desc { " desc" } else { "" }))
@@ -663,7 +683,9 @@ fn describe_merge(m: &MergeSpec) -> String {
         steps.push(format!("drop {} hidden columns", m.hidden));
     }
     if steps.is_empty() {
-        "concatenate".into()
+        "concatenate as rows arrive".into()
+    } else if streamed && m.order_by.is_empty() {
+        format!("concatenate as rows arrive; {}", steps.join("; "))
     } else {
         steps.join("; ")
     }

@@ -3,18 +3,24 @@
 //! group columns, SUM and COUNT for AVG, `LIMIT offset+n`), and refusals for
 //! shapes that cannot be merged correctly.
 
-use std::ops::ControlFlow;
+use std::ops::{ControlFlow, Range};
+
+use sqlparser::tokenizer::Token;
 
 use sqlparser::ast::{
     visit_expressions, visit_relations, BinaryOperator, Distinct, DuplicateTreatment, Expr,
-    FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, LimitClause, ObjectNamePart,
-    OrderByKind, OrderBySort, Query, Select, SelectItem, SetExpr, UnaryOperator, Value,
+    FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, JoinConstraint, JoinOperator,
+    LimitClause, ObjectNamePart, OrderByKind, OrderBySort, Query, Select, SelectItem, SetExpr,
+    Statement, UnaryOperator, Value,
 };
 
 use crate::merge::{Agg, CmpOp, Having, MergeSpec, Operand, SortKey};
 use crate::shard::{IndexSet, ShardedTable};
 
-use super::keys::{literal, rename_use, table_uses, KeyColumn, TableUse};
+use super::keys::{
+    column_qualifiers, literal, rename_use, requalify, shard_text, table_uses, KeyColumn, Naming,
+    TableUse,
+};
 use super::text::{is_keyword, Edits, Source, Tokens};
 use super::{refuse, table_ident, Access, Part, Plan, Router, ScatterMerge, ScatterPlan};
 
@@ -30,7 +36,13 @@ pub fn count_sharded<V: sqlparser::ast::Visit>(router: &Router, v: &V) -> usize 
     n
 }
 
-pub fn plan_query(router: &Router, src: &Source, q: &Query, locking: bool) -> Option<Plan> {
+pub fn plan_query(
+    router: &Router,
+    src: &Source,
+    stmt: &Statement,
+    q: &Query,
+    locking: bool,
+) -> Option<Plan> {
     let sql = src.sql();
     let sharded_refs = count_sharded(router, q);
     if sharded_refs == 0 {
@@ -104,19 +116,36 @@ pub fn plan_query(router: &Router, src: &Source, q: &Query, locking: bool) -> Op
         return None; // a fan-out is planned from the statement's own parse
     }
     let index = src;
+    let qualifiers = column_qualifiers(sql, stmt);
+    if src.is_shape() && qualifiers.iter().any(|q| q.len() == 2) {
+        return None; // labels are kept from the statement's own parse
+    }
+    let mut common = Edits::default();
+    if requalify(&mut common, index, &qualifiers, use_, "", Naming::Alias).is_none() {
+        return Some(refuse(
+            "a qualified column of a sharded table could not be located for rewriting",
+        ));
+    }
+    if qualifiers.iter().any(|q| q.len() == 2) {
+        // Best effort: without it only a column label differs.
+        let _ = keep_labels(&mut common, sql, sel, use_);
+    }
     if targets.count() == 1 {
         let i = targets.iter().next()?;
         let sub = &table.sub_tables[i];
-        let mut edits = Edits::default();
+        let mut edits = common;
         rename_use(&mut edits, index, use_, &sub.name, true)?;
         return Some(Plan::Single {
             node: sub.node,
             access,
             sql: Some(edits.apply(sql)?),
+            table_names: vec![(sub.name.clone(), table.name.clone())],
         });
     }
     Some(
-        match scatter_select(sql, index, q, sel, use_, &table, &key, &targets, access) {
+        match scatter_select(
+            sql, index, common, q, sel, &uses, use_, &table, &key, &targets, access,
+        ) {
             Ok(p) => Plan::Scatter(Box::new(p)),
             Err(message) => refuse(message),
         },
@@ -153,6 +182,8 @@ const AGGREGATES: &[&str] = &[
 
 struct Planner<'a> {
     key: &'a KeyColumn<'a>,
+    /// The sharded table's reference, for spelling added columns.
+    use_: &'a TableUse<'a>,
     /// Projection items: expression, alias, aggregate.
     items: Vec<(Option<&'a Expr>, Option<String>, Option<Agg0>)>,
     wildcard: bool,
@@ -236,7 +267,9 @@ impl<'a> Planner<'a> {
             "min" => Agg0::Min,
             "max" => Agg0::Max,
             "avg" => {
-                let a = arg.map(|a| a.to_string()).unwrap_or_else(|| "*".into());
+                let a = arg
+                    .map(|a| shard_text(self.use_, a))
+                    .unwrap_or_else(|| "*".into());
                 let d = if distinct { "DISTINCT " } else { "" };
                 let sum = self.add_hidden(format!("SUM({d}{a})"));
                 let count = self.add_hidden(format!("COUNT({d}{a})"));
@@ -316,14 +349,14 @@ impl<'a> Planner<'a> {
         }
         match self.aggregate(e)? {
             Some(agg) if allow_aggregate => {
-                let col = self.add_hidden(e.to_string());
+                let col = self.add_hidden(shard_text(self.use_, e));
                 if !self.aggregates.iter().any(|(c, _)| *c == col) {
                     self.aggregates.push((col, agg));
                 }
                 Ok(col)
             }
             Some(_) => Err(format!("Aggregate `{e}` is not allowed here")),
-            None => Ok(self.add_hidden(e.to_string())),
+            None => Ok(self.add_hidden(shard_text(self.use_, e))),
         }
     }
 
@@ -394,8 +427,10 @@ enum Operand0 {
 fn scatter_select(
     sql: &str,
     index: &Source,
+    mut common: Edits,
     q: &Query,
     sel: &Select,
+    uses: &[TableUse],
     use_: &TableUse,
     table: &ShardedTable,
     key: &KeyColumn,
@@ -404,6 +439,7 @@ fn scatter_select(
 ) -> Result<ScatterPlan, String> {
     let mut p = Planner {
         key,
+        use_,
         items: Vec::new(),
         wildcard: false,
         hidden: Vec::new(),
@@ -517,12 +553,33 @@ fn scatter_select(
 
     // Shard query text.
     let tokens = Tokens::new(sql).ok_or("the statement could not be tokenised")?;
-    let mut common = Edits::default();
     if !p.hidden.is_empty() {
         let at = projection_start(&tokens).ok_or("the select list could not be located")?;
         let mut text = p.hidden.join(", ");
         text.push_str(", ");
         common.insert(at, text);
+        // MariaDB takes a bare `*` only first in the list: after the hidden
+        // columns it must name its tables (`t.*` for each, in FROM order).
+        for item in &sel.projection {
+            if let SelectItem::Wildcard(w) = item {
+                let coalescing = sel.from.iter().flat_map(|f| &f.joins).any(|j| {
+                    join_constraint(&j.join_operator).is_some_and(|c| {
+                        matches!(c, JoinConstraint::Using(_) | JoinConstraint::Natural)
+                    })
+                });
+                if coalescing {
+                    return Err("SELECT * over a join with USING or NATURAL across shards is not supported with this ORDER BY or GROUP BY; name the columns".into());
+                }
+                let r = index
+                    .range(w.wildcard_token.0.span)
+                    .ok_or("the select list could not be located")?;
+                let tables: Vec<String> = uses
+                    .iter()
+                    .map(|u| format!("{}.*", super::quoted(u.qualifier(), Some('`'))))
+                    .collect();
+                common.replace(r, tables.join(", "));
+            }
+        }
     }
     if sel.having.is_some() {
         let r = tokens
@@ -652,8 +709,8 @@ fn number(e: &Expr) -> Result<u64, String> {
     }
 }
 
-/// Where the first select-list item starts: after SELECT and its modifiers.
-fn projection_start(tokens: &Tokens) -> Option<usize> {
+/// Token index of the first select-list item: after SELECT and its modifiers.
+fn projection_first(tokens: &Tokens) -> Option<usize> {
     const MODIFIERS: &[&str] = &[
         "all",
         "distinct",
@@ -670,6 +727,82 @@ fn projection_start(tokens: &Tokens) -> Option<usize> {
     let select = tokens.find_keyword("select", 0)?;
     tokens.tokens[select + 1..]
         .iter()
-        .find(|(t, _, _)| !MODIFIERS.iter().any(|m| is_keyword(t, m)))
-        .map(|(_, r, _)| r.start)
+        .position(|(t, _, _)| !MODIFIERS.iter().any(|m| is_keyword(t, m)))
+        .map(|i| select + 1 + i)
+}
+
+/// Byte offset of the first select-list item.
+fn projection_start(tokens: &Tokens) -> Option<usize> {
+    projection_first(tokens).map(|i| tokens.tokens[i].1.start)
+}
+
+/// Byte ranges of the select-list items, split at top-level commas up to
+/// FROM (or INTO).
+fn projection_items(tokens: &Tokens) -> Option<Vec<Range<usize>>> {
+    let first = projection_first(tokens)?;
+    let mut items = Vec::new();
+    let mut current: Option<Range<usize>> = None;
+    for (t, r, depth) in &tokens.tokens[first..] {
+        if *depth == 0 {
+            if is_keyword(t, "from") || is_keyword(t, "into") || *t == Token::SemiColon {
+                break;
+            }
+            if *t == Token::Comma {
+                items.push(current.take()?);
+                continue;
+            }
+        }
+        current = Some(match current {
+            Some(c) => c.start..r.end,
+            None => r.clone(),
+        });
+    }
+    items.push(current?);
+    Some(items)
+}
+
+/// MariaDB labels an unaliased expression with its text as written. Where
+/// [`requalify`] drops a database part from one (`AVG(db.stu.x)` becomes
+/// `AVG(stu.x)`), the shard query gets the original text as its alias, so
+/// the column keeps its name. Plain column references are labelled by the
+/// column name and need nothing.
+fn keep_labels(edits: &mut Edits, sql: &str, sel: &Select, use_: &TableUse) -> Option<()> {
+    let tokens = Tokens::new(sql)?;
+    let items = projection_items(&tokens)?;
+    if items.len() != sel.projection.len() {
+        return None;
+    }
+    for (item, range) in sel.projection.iter().zip(items) {
+        let SelectItem::UnnamedExpr(e) = item else {
+            continue;
+        };
+        if matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_))
+            || shard_text(use_, e) == e.to_string()
+        {
+            continue;
+        }
+        let label = sql.get(range.clone())?;
+        // Longer aliases are refused by MariaDB: the label then differs.
+        if label.chars().count() <= 256 {
+            edits.insert(
+                range.end,
+                format!(" AS {}", super::quoted(label, Some('`'))),
+            );
+        }
+    }
+    Some(())
+}
+
+fn join_constraint(op: &JoinOperator) -> Option<&JoinConstraint> {
+    match op {
+        JoinOperator::Join(c)
+        | JoinOperator::Inner(c)
+        | JoinOperator::Left(c)
+        | JoinOperator::LeftOuter(c)
+        | JoinOperator::Right(c)
+        | JoinOperator::RightOuter(c)
+        | JoinOperator::FullOuter(c)
+        | JoinOperator::StraightJoin(c) => Some(c),
+        _ => None,
+    }
 }

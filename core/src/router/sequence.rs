@@ -206,15 +206,17 @@ impl SequenceInsert {
             (text, Some(id))
         })?;
         let mut parts = Vec::new();
+        let mut renamed = Vec::new();
         for (sub, rows) in groups {
             let sub = &table.sub_tables[sub.ok_or("a row's sub-table is unknown")?];
+            renamed.push((sub.name.clone(), table.name.clone()));
             parts.push(Part {
                 node: sub.node,
                 sql: self.statement(&sub.name, &rows),
             });
         }
         Ok(Filled {
-            plan: single_or_scatter(parts, true),
+            plan: single_or_scatter(parts, true, || renamed),
             first_id: ids.first().copied(),
             first_node: first_sub.flatten().map(|s| table.sub_tables[s].node),
         })

@@ -39,7 +39,9 @@ pub(crate) fn router() -> Router {
 
 fn single(p: &Plan) -> (usize, Access, String) {
     match p {
-        Plan::Single { node, access, sql } => (*node, *access, sql.clone().unwrap_or_default()),
+        Plan::Single {
+            node, access, sql, ..
+        } => (*node, *access, sql.clone().unwrap_or_default()),
         other => panic!("expected a single-node plan, got {other:?}"),
     }
 }
@@ -66,7 +68,8 @@ fn unsharded_statements_keep_their_text_and_split_reads_from_writes() {
         Plan::Single {
             node: 0,
             access: Access::Read,
-            sql: None
+            sql: None,
+            table_names: vec![],
         }
     );
     assert_eq!(
@@ -775,4 +778,106 @@ proptest! {
         // Only the first generated value sets the insert id.
         prop_assert_eq!(marked, usize::from(generated > 0));
     }
+}
+
+#[test]
+fn schema_qualified_tables_and_columns_are_rewritten() {
+    let r = router();
+    // `db.stu` keeps its database; the alias keeps `stu.col` working and a
+    // `db.stu.col` drops its database part (an aliased table is known only
+    // by its alias).
+    let (node, _, sql) = single(&r.route(
+        "SELECT tessera.stu.name, stu.id FROM tessera.stu WHERE tessera.stu.id = 3 ORDER BY tessera.stu.score",
+    ));
+    assert_eq!(node, 0);
+    assert_eq!(
+        sql,
+        "SELECT stu.name, stu.id FROM tessera.stu_0003 AS `stu` WHERE stu.id = 3 ORDER BY stu.score"
+    );
+    let (_, _, sql) =
+        single(&r.route("SELECT `tessera`.`stu`.* FROM `tessera`.`stu` WHERE id = 5"));
+    assert_eq!(
+        sql,
+        "SELECT `stu`.* FROM `tessera`.`stu_0005` AS `stu` WHERE id = 5"
+    );
+    // Another database's `stu` in a column is not this table: left as written.
+    let (_, _, sql) = single(&r.route("SELECT other.stu.id FROM tessera.stu WHERE id = 5"));
+    assert_eq!(
+        sql,
+        "SELECT other.stu.id FROM tessera.stu_0005 AS `stu` WHERE id = 5"
+    );
+    // Cross-shard: the hidden sort column is spelled the same way.
+    let s = scatter(
+        r.route("SELECT tessera.stu.id FROM tessera.stu ORDER BY tessera.stu.score DESC LIMIT 2"),
+    );
+    assert_eq!(
+        s.parts[1].sql,
+        "SELECT stu.score, stu.id FROM tessera.stu_0001 AS `stu` ORDER BY stu.score DESC LIMIT 2"
+    );
+    let s = scatter(r.route("SELECT AVG(tessera.stu.score) FROM tessera.stu"));
+    assert!(
+        s.parts[0]
+            .sql
+            .starts_with("SELECT SUM(stu.score), COUNT(stu.score), AVG(stu.score) AS `AVG(tessera.stu.score)` FROM tessera.stu_0000 AS `stu`"),
+        "{}",
+        s.parts[0].sql
+    );
+
+    // UPDATE is aliased like SELECT.
+    let (_, _, sql) = single(&r.route(
+        "UPDATE tessera.stu SET tessera.stu.name = 'x', stu.score = tessera.stu.score + 1 WHERE tessera.stu.id = 12",
+    ));
+    assert_eq!(
+        sql,
+        "UPDATE tessera.stu_0004 AS `stu` SET stu.name = 'x', stu.score = stu.score + 1 WHERE stu.id = 12"
+    );
+    // DELETE and INSERT name the sub-table itself.
+    let (_, _, sql) =
+        single(&r.route("DELETE FROM tessera.stu WHERE tessera.stu.id = 12 AND stu.name = 'a'"));
+    assert_eq!(
+        sql,
+        "DELETE FROM tessera.stu_0004 WHERE tessera.stu_0004.id = 12 AND stu_0004.name = 'a'"
+    );
+    // An INSERT keeps its database; qualified columns in it are refused
+    // rather than sent with the logical name.
+    let s = scatter(r.route("INSERT INTO tessera.stu (id, name) VALUES (1, 'a'), (2, 'b')"));
+    assert_eq!(
+        s.parts[1].sql,
+        "INSERT INTO tessera.stu_0002 (id, name) VALUES (2, 'b')"
+    );
+    assert!(refused(&r.route(
+        "INSERT INTO tessera.stu (stu.id, name) VALUES (1, 'a') ON DUPLICATE KEY UPDATE name = CONCAT(tessera.stu.name, stu.name)",
+    ))
+    .contains("Qualified column names"));
+    // A changed key is found however it is qualified.
+    assert!(
+        refused(&r.route("UPDATE tessera.stu SET tessera.stu.id = 1 WHERE id = 2"))
+            .contains("shard key")
+    );
+    // More than a database and a table cannot be a MariaDB table.
+    assert!(refused(&r.route("SELECT * FROM a.b.stu WHERE id = 1")).contains("database"));
+}
+
+#[test]
+fn select_star_with_hidden_columns_names_its_tables() {
+    let r = router();
+    let s = scatter(r.route("SELECT * FROM stu ORDER BY score LIMIT 3"));
+    assert_eq!(
+        s.parts[0].sql,
+        "SELECT score, `stu`.* FROM stu_0000 AS `stu` ORDER BY score LIMIT 3"
+    );
+    let s = scatter(r.route(
+        "SELECT * FROM stu JOIN countries c ON c.code = stu.cc WHERE stu.id < 9 ORDER BY c.name",
+    ));
+    assert!(
+        s.parts[0]
+            .sql
+            .starts_with("SELECT c.name, `stu`.*, `c`.* FROM stu_0000 AS `stu` JOIN countries c"),
+        "{}",
+        s.parts[0].sql
+    );
+    assert!(
+        refused(&r.route("SELECT * FROM stu JOIN countries USING (code) ORDER BY name"))
+            .contains("USING")
+    );
 }

@@ -190,19 +190,33 @@ impl Edits {
         self.edits.is_empty()
     }
 
-    /// The text with every edit applied; `None` if two edits overlap.
+    /// The text with every edit applied. An edit inside a range another edit
+    /// replaces is dropped (the clause it touched is gone, e.g. a HAVING the
+    /// merge evaluates); `None` if two edits overlap only in part.
     pub fn apply(&self, sql: &str) -> Option<String> {
         let mut edits: Vec<&(Range<usize>, String)> = self.edits.iter().collect();
-        edits.sort_by_key(|(r, _)| (r.start, r.end));
+        // At one position: insertions first, then the widest replacement.
+        edits.sort_by_key(|(r, _)| (r.start, !r.is_empty(), std::cmp::Reverse(r.end)));
         let mut out = String::with_capacity(sql.len() + 32);
         let mut at = 0;
+        let mut replaced = 0..0;
         for (r, text) in edits {
-            if r.start < at || r.end > sql.len() {
+            if r.start < at {
+                // Inside the last (non-empty) replacement: gone with it.
+                if replaced.is_empty() || r.start < replaced.start || r.end > replaced.end {
+                    return None;
+                }
+                continue;
+            }
+            if r.end > sql.len() {
                 return None;
             }
             out.push_str(sql.get(at..r.start)?);
             out.push_str(text);
             at = r.end;
+            if !r.is_empty() {
+                replaced = r.clone();
+            }
         }
         out.push_str(sql.get(at..)?);
         Some(out)
@@ -299,5 +313,20 @@ mod tests {
         e.replace(0..6, "select");
         e.insert(sql.len() - 1, " FOR UPDATE");
         assert!(e.apply(sql).unwrap().starts_with("select a"));
+    }
+
+    #[test]
+    fn edits_inside_a_replaced_range_are_dropped_partial_overlaps_refused() {
+        let sql = "SELECT a FROM t HAVING x.y > 1 LIMIT 3";
+        let mut e = Edits::default();
+        e.replace(16..30, "");
+        e.replace(23..25, "");
+        e.insert(7, "h, ");
+        e.replace(7..8, "b");
+        assert_eq!(e.apply(sql).unwrap(), "SELECT h, b FROM t  LIMIT 3");
+        let mut e = Edits::default();
+        e.replace(16..30, "");
+        e.replace(28..34, "");
+        assert_eq!(e.apply(sql), None);
     }
 }

@@ -2,16 +2,16 @@
 //! sub-table, UPDATE/DELETE routed by key (never changing the key), DDL
 //! fanned out to every sub-table, broadcast writes sent to every node.
 
-use std::ops::ControlFlow;
-
 use sqlparser::ast::{
-    visit_expressions, AssignmentTarget, Expr, FromTable, ObjectName, ObjectType, OnInsert,
-    SetExpr, Spanned, Statement, TableObject,
+    AssignmentTarget, Expr, FromTable, ObjectName, ObjectNamePart, ObjectType, OnInsert, SetExpr,
+    Spanned, Statement, TableObject,
 };
 
 use crate::shard::{IndexSet, Literal, ShardedTable};
 
-use super::keys::{literal, rename_use, table_uses, KeyColumn, TableUse};
+use super::keys::{
+    column_qualifiers, literal, rename_use, requalify, table_uses, KeyColumn, Naming, TableUse,
+};
 use super::select::count_sharded;
 use super::sequence::{is_zero, Fill, SequenceInsert, TemplateRow};
 use super::text::{Edits, Source};
@@ -42,6 +42,17 @@ pub fn plan_write(router: &Router, src: &Source, stmt: &Statement) -> Option<Pla
                 }
                 return None;
             };
+            if name.0.len() > 2 || !matches!(name.0.first(), Some(ObjectNamePart::Identifier(_))) {
+                return Some(refuse(
+                    "a table name with more than a database and a table part is not supported",
+                ));
+            }
+            if !column_qualifiers(sql, stmt).is_empty() {
+                return Some(refuse(format!(
+                    "Qualified column names (`{}.col`) in an INSERT into sharded `{}` are not supported; write the bare column names",
+                    ident.value, table.name
+                )));
+            }
             Some(plan_insert(sql, index, ins, ident, &table).unwrap_or_else(refuse))
         }
         Statement::Update(upd) => {
@@ -95,7 +106,13 @@ pub fn plan_write(router: &Router, src: &Source, stmt: &Statement) -> Option<Pla
                 ));
             }
             Some(per_sub_table(
-                index, sql, use_, &table, &targets, true, None,
+                index,
+                sql,
+                use_,
+                &table,
+                &targets,
+                Naming::Alias,
+                &column_qualifiers(sql, stmt),
             ))
         }
         Statement::Delete(del) => {
@@ -143,15 +160,14 @@ pub fn plan_write(router: &Router, src: &Source, stmt: &Statement) -> Option<Pla
                 ));
             }
             // DELETE takes no alias here: qualified columns get the sub-table name.
-            let qualified = qualified_refs(stmt, &use_.ident.value);
             Some(per_sub_table(
                 index,
                 sql,
                 use_,
                 &table,
                 &targets,
-                false,
-                Some(&qualified),
+                Naming::SubTable,
+                &column_qualifiers(sql, stmt),
             ))
         }
         Statement::CreateTable(ct) => {
@@ -201,23 +217,6 @@ fn targets_for(key: &KeyColumn, selection: Option<&Expr>) -> IndexSet {
     }
 }
 
-/// Byte ranges of qualifiers `table.` in column references.
-fn qualified_refs(stmt: &Statement, table: &str) -> Vec<sqlparser::ast::Ident> {
-    let mut out = Vec::new();
-    let _ = visit_expressions(stmt, |e| {
-        if let Expr::CompoundIdentifier(parts) = e {
-            if parts.len() >= 2 {
-                let q = &parts[parts.len() - 2];
-                if q.value.eq_ignore_ascii_case(table) {
-                    out.push(q.clone());
-                }
-            }
-        }
-        ControlFlow::<()>::Continue(())
-    });
-    out
-}
-
 /// One part per target sub-table; several parts are an atomic fan-out.
 fn per_sub_table(
     index: &Source,
@@ -225,21 +224,19 @@ fn per_sub_table(
     use_: &TableUse,
     table: &ShardedTable,
     targets: &IndexSet,
-    alias: bool,
-    qualified: Option<&[sqlparser::ast::Ident]>,
+    naming: Naming,
+    qualifiers: &[Vec<sqlparser::ast::Ident>],
 ) -> Plan {
     let mut parts = Vec::new();
     for i in targets.iter() {
         let sub = &table.sub_tables[i];
         let mut edits = Edits::default();
+        let alias = naming == Naming::Alias;
         if rename_use(&mut edits, index, use_, &sub.name, alias).is_none() {
             return refuse("the table name could not be located for rewriting");
         }
-        for q in qualified.unwrap_or(&[]) {
-            match index.range(q.span) {
-                Some(r) => edits.replace(r, quoted(&sub.name, q.quote_style)),
-                None => return refuse("a qualified column could not be located for rewriting"),
-            }
+        if requalify(&mut edits, index, qualifiers, use_, &sub.name, naming).is_none() {
+            return refuse("a qualified column could not be located for rewriting");
         }
         match edits.apply(sql) {
             Some(s) => parts.push(Part {
@@ -249,16 +246,29 @@ fn per_sub_table(
             None => return refuse("the statement could not be rewritten"),
         }
     }
-    single_or_scatter(parts, true)
+    single_or_scatter(parts, true, || renamed(table, targets.iter()))
 }
 
-pub(crate) fn single_or_scatter(mut parts: Vec<Part>, atomic: bool) -> Plan {
+/// Physical → logical names of the sub-tables a single-part plan rewrote to.
+fn renamed(table: &ShardedTable, subs: impl Iterator<Item = usize>) -> Vec<(String, String)> {
+    subs.map(|i| (table.sub_tables[i].name.clone(), table.name.clone()))
+        .collect()
+}
+
+/// One part runs as a single-node plan (`table_names` gives its renames,
+/// for result metadata such as `RETURNING`); more are a fan-out.
+pub(crate) fn single_or_scatter(
+    mut parts: Vec<Part>,
+    atomic: bool,
+    table_names: impl FnOnce() -> Vec<(String, String)>,
+) -> Plan {
     if parts.len() == 1 {
         let p = parts.remove(0);
         return Plan::Single {
             node: p.node,
             access: Access::Write,
             sql: Some(p.sql),
+            table_names: table_names(),
         };
     }
     Plan::Scatter(Box::new(ScatterPlan {
@@ -276,7 +286,7 @@ fn everywhere(router: &Router, sql: &str, atomic: bool) -> Plan {
             sql: sql.to_string(),
         })
         .collect();
-    single_or_scatter(parts, atomic)
+    single_or_scatter(parts, atomic, Vec::new)
 }
 
 fn plan_insert(

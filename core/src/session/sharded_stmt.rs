@@ -180,10 +180,13 @@ impl Session {
         };
         let sent_types = sent_types.map(Bytes::copy_from_slice);
         let plan = self.ctx.router.route_bound(&bound, &values);
-        let (node, sql) = match plan {
+        let (node, sql, table_names) = match plan {
             Plan::Single {
-                node, sql: Some(s), ..
-            } => (node, s),
+                node,
+                sql: Some(s),
+                table_names,
+                ..
+            } => (node, s, table_names),
             Plan::Refuse { code, message } => return self.refuse(code, &message),
             Plan::Scatter(s) => {
                 let msg = format!(
@@ -214,6 +217,8 @@ impl Session {
         let mut p = pkt.payload.to_vec();
         p[1..5].copy_from_slice(&target.to_le_bytes());
         self.active = backend;
+        // Result columns name the logical table, as they would unsharded.
+        self.pending_tables = table_names;
         self.forward_or_acquire(
             now,
             Packet {
