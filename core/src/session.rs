@@ -139,6 +139,8 @@ enum Busy {
     Restoring {
         scanner: ResponseScanner,
         left: VecDeque<Internal>,
+        /// What the answer said so far: it may arrive over several reads.
+        result: InternalResult,
     },
     /// A client command's response streams back.
     Forwarding {
@@ -742,34 +744,38 @@ impl Session {
                     }
                     return;
                 }
-                Phase::Command(Busy::Restoring { mut scanner, left }) => {
+                Phase::Command(Busy::Restoring {
+                    mut scanner,
+                    left,
+                    mut result,
+                }) => {
                     self.phase = Phase::Command(Busy::Idle);
-                    match self.swallow_response(&mut scanner, buf) {
-                        None => {
-                            self.phase = Phase::Command(Busy::Restoring { scanner, left });
-                            return;
-                        }
-                        Some(result) => {
-                            let mut left = left;
-                            let purpose = match left.pop_front() {
-                                Some(Internal::Send(_, _, purpose)) => purpose,
-                                None => InternalPurpose::Restore,
-                            };
-                            if let Err(e) = self.after_internal(result, purpose) {
-                                // Restoring failed: tell the client instead of running its command.
-                                let seq = self.pending_reply_seq();
-                                self.pending = None;
-                                self.send_err(seq, e.0, &e.1);
-                                self.finish_login_if_pending(false);
-                                self.phase = Phase::Command(Busy::Idle);
-                                self.end_statement_record();
-                                return;
-                            }
-                            self.continue_internal(now, left);
-                            if buf.is_empty() {
-                                return;
-                            }
-                        }
+                    if !self.swallow_response(&mut scanner, buf, &mut result) {
+                        self.phase = Phase::Command(Busy::Restoring {
+                            scanner,
+                            left,
+                            result,
+                        });
+                        return;
+                    }
+                    let mut left = left;
+                    let purpose = match left.pop_front() {
+                        Some(Internal::Send(_, _, purpose)) => purpose,
+                        None => InternalPurpose::Restore,
+                    };
+                    if let Err(e) = self.after_internal(result, purpose) {
+                        // Restoring failed: tell the client instead of running its command.
+                        let seq = self.pending_reply_seq();
+                        self.pending = None;
+                        self.send_err(seq, e.0, &e.1);
+                        self.finish_login_if_pending(false);
+                        self.phase = Phase::Command(Busy::Idle);
+                        self.end_statement_record();
+                        return;
+                    }
+                    self.continue_internal(now, left);
+                    if buf.is_empty() {
+                        return;
                     }
                 }
                 Phase::Closed => {
@@ -1380,6 +1386,9 @@ impl Session {
             self.phase = Phase::Command(Busy::Restoring {
                 scanner: ResponseScanner::new(kind, deprecate),
                 left,
+                result: InternalResult::Ok {
+                    changes: Vec::new(),
+                },
             });
             return;
         }
@@ -2689,20 +2698,20 @@ impl Session {
     }
 
     /// Reads the answer to an internal command without forwarding it.
+    /// Reads an internal command's answer into `result`; `true` once it is
+    /// complete. The answer may take several calls (reads) to arrive.
     fn swallow_response(
         &mut self,
         scanner: &mut ResponseScanner,
         buf: &mut BytesMut,
-    ) -> Option<InternalResult> {
-        let mut result = InternalResult::Ok {
-            changes: Vec::new(),
-        };
+        result: &mut InternalResult,
+    ) -> bool {
         loop {
             if scanner.is_done() {
-                return Some(result);
+                return true;
             }
             match scanner.step(&buf[..]) {
-                Step::NeedMore => return None,
+                Step::NeedMore => return false,
                 Step::Pass(n) => buf.advance(n),
                 Step::Packet {
                     total, interest, ..
@@ -2712,18 +2721,18 @@ impl Session {
                     match interest {
                         Interest::Err => {
                             if let Some(e) = protocol::parse_err(&payload) {
-                                result = InternalResult::Err(e);
+                                *result = InternalResult::Err(e);
                             }
                         }
                         Interest::Ok(ok) => {
                             if let Some((_, block)) = protocol::split_ok_tail(&payload, &ok) {
-                                if let InternalResult::Ok { changes } = &mut result {
+                                if let InternalResult::Ok { changes } = result {
                                     changes.extend(protocol::decode_state_changes(block));
                                 }
                             }
                         }
                         Interest::PrepareOk { stmt_id, .. } => {
-                            result = InternalResult::Prepared { stmt_id }
+                            *result = InternalResult::Prepared { stmt_id }
                         }
                         _ => {}
                     }
@@ -2987,6 +2996,51 @@ mod tests {
         assert_eq!(d.to_client.get(4), Some(&0xff));
         assert!(d.to_backend.is_empty());
         assert!(s.is_idle());
+    }
+
+    #[test]
+    fn a_reprepare_answer_split_across_reads_still_prepares() {
+        let now = Instant::now();
+        let caps = client_caps();
+        let mut s = logged_in(now, caps, 1 << 20);
+        s.handle_client_data(now, &mut framed(0, b"\x16SELECT 1"));
+        drain(&mut s);
+        attach_and_restore(&mut s, now, caps);
+        let mut ok = vec![0u8];
+        ok.extend_from_slice(&5u32.to_le_bytes());
+        ok.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
+        s.handle_backend_data(now, testing::PRIMARY, &mut framed(1, &ok));
+        let out = drain(&mut s).to_client;
+        let id = u32::from_le_bytes([out[5], out[6], out[7], out[8]]);
+        s.handle_backend_closed(now, testing::PRIMARY, "test");
+        drain(&mut s);
+        let mut exec = vec![cmd::STMT_EXECUTE];
+        exec.extend_from_slice(&id.to_le_bytes());
+        exec.extend_from_slice(&[0, 1, 0, 0, 0]);
+        s.handle_client_data(now, &mut framed(0, &exec));
+        assert!(drain(&mut s).acquire);
+        let sent = attach_and_restore(&mut s, now, caps);
+        assert_eq!(sent.get(4), Some(&cmd::STMT_PREPARE));
+        // STMT_OK for one column, then its definition (and an EOF without
+        // CLIENT_DEPRECATE_EOF), arriving in two reads.
+        let mut prep = vec![0u8];
+        prep.extend_from_slice(&9u32.to_le_bytes());
+        prep.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0]);
+        let first = framed(1, &prep);
+        let mut rest = framed(
+            2,
+            b"\x03def\x00\x00\x00\x011\x00\x0c\x3f\x00\x01\x00\x00\x00\x08\x81\x00\x00\x00\x00",
+        );
+        if !caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF) {
+            rest.extend_from_slice(&framed(3, &[0xfe, 0, 0, 2, 0]));
+        }
+        s.handle_backend_data(now, testing::PRIMARY, &mut first.clone());
+        assert!(drain(&mut s).to_client.is_empty());
+        s.handle_backend_data(now, testing::PRIMARY, &mut rest);
+        let d = drain(&mut s);
+        assert!(d.to_client.is_empty(), "{:02x?}", d.to_client);
+        assert_eq!(d.to_backend.get(4), Some(&cmd::STMT_EXECUTE));
+        assert_eq!(&d.to_backend[5..9], &9u32.to_le_bytes());
     }
 
     /// A context whose router shards `stu` by a sequence-filled `id` over

@@ -370,6 +370,11 @@ impl<C: Connector> Pool<C> {
             )
             .await
             {
+                // Bytes beyond the reset's reply mean the connection was not
+                // between commands: it cannot be trusted with another client.
+                Ok(Ok(())) if !conn.buf.is_empty() => {
+                    tracing::warn!(%addr, "unexpected bytes after reset; connection closed")
+                }
                 Ok(Ok(())) => {
                     conn.meta.state.after_reset();
                     conn.last_used = Instant::now();
@@ -426,12 +431,12 @@ impl<C: Connector> Pool<C> {
             for mut c in to_ping {
                 let ping = backend::ping_request();
                 let addr = self.inner.addr.clone();
-                if let Ok(Ok(())) = timeout(
+                let pinged = timeout(
                     Duration::from_millis(cfg.connect_timeout_ms),
                     round_trip(&mut c, &ping, &addr),
                 )
-                .await
-                {
+                .await;
+                if matches!(pinged, Ok(Ok(()))) && c.buf.is_empty() {
                     c.last_checked = Instant::now();
                     if let Ok(mut idle) = self.inner.idle.lock() {
                         idle.conns.push(c);
