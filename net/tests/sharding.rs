@@ -382,6 +382,16 @@ async fn writes_transactions_and_refusals() {
         .unwrap();
     assert_eq!(n, Some(1));
 
+    // DESCRIBE and SHOW COLUMNS of the logical table answer from a sub-table.
+    let cols: Vec<(String, String, String, String, Option<String>, String)> =
+        c.query("DESCRIBE stu").await.unwrap();
+    assert_eq!(
+        cols.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(),
+        vec!["id", "name", "score", "amount", "cc"]
+    );
+    let n: Vec<mysql_async::Row> = c.query("SHOW COLUMNS FROM stu").await.unwrap();
+    assert_eq!(n.len(), 5);
+
     // EXPLAIN shows the plan without running it.
     let plan: Vec<(String, String, String, String)> = c
         .query("TESSERA EXPLAIN SELECT * FROM stu WHERE id IN (1, 4)")

@@ -16,7 +16,7 @@ mod write;
 
 use std::sync::Arc;
 
-use sqlparser::ast::{ObjectName, ObjectNamePart, Statement};
+use sqlparser::ast::{ObjectName, ObjectNamePart, ShowCreateObject, Statement};
 use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
 
@@ -368,8 +368,37 @@ impl Router {
             | Statement::Drop { .. }
             | Statement::Truncate(_)
             | Statement::CreateIndex(_) => write::plan_write(self, src, stmt),
+            Statement::ExplainTable { .. }
+            | Statement::ShowCreate { .. }
+            | Statement::ShowColumns { .. } => self.plan_describe(src, stmt),
             _ => None,
         }
+    }
+
+    /// `DESCRIBE`, `SHOW COLUMNS` and `SHOW CREATE TABLE` of a sharded
+    /// table answer from its first sub-table: every sub-table has its columns.
+    fn plan_describe(&self, src: &Source, stmt: &Statement) -> Option<Plan> {
+        let name = match stmt {
+            Statement::ExplainTable { table_name, .. } => table_name,
+            Statement::ShowCreate {
+                obj_type: ShowCreateObject::Table,
+                obj_name,
+            } => obj_name,
+            Statement::ShowColumns { show_options, .. } => {
+                show_options.show_in.as_ref()?.parent_name.as_ref()?
+            }
+            _ => return None,
+        };
+        let ident = table_ident(name)?;
+        let sub = self.schema.sharded(&ident.value)?.sub_tables.first()?;
+        let mut edits = text::Edits::default();
+        edits.replace(src.range(ident.span)?, quoted(&sub.name, ident.quote_style));
+        Some(Plan::Single {
+            node: sub.node,
+            access: Access::Read,
+            sql: Some(edits.apply(src.sql())?),
+            table_names: Vec::new(),
+        })
     }
 
     /// `lower`: the statement in lower case.

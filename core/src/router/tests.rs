@@ -470,6 +470,38 @@ fn prepared_statements_over_sharded_tables_route_by_their_parameters() {
     );
 }
 
+fn single_unrewritten(p: &Plan) -> usize {
+    match p {
+        Plan::Single {
+            node, sql: None, ..
+        } => *node,
+        other => panic!("expected the statement as sent, got {other:?}"),
+    }
+}
+
+#[test]
+fn describing_a_sharded_table_asks_its_first_sub_table() {
+    let r = router();
+    for (sql, want) in [
+        ("DESCRIBE stu", "DESCRIBE stu_0000"),
+        ("desc `stu`", "desc `stu_0000`"),
+        (
+            "SHOW FULL COLUMNS FROM stu",
+            "SHOW FULL COLUMNS FROM stu_0000",
+        ),
+        ("SHOW CREATE TABLE stu", "SHOW CREATE TABLE stu_0000"),
+    ] {
+        let (node, access, text) = single(&r.route(sql));
+        assert_eq!(
+            (node, access, text.as_str()),
+            (0, Access::Read, want),
+            "{sql}"
+        );
+    }
+    // Unsharded tables are described where they live, as sent.
+    assert_eq!(single_unrewritten(&r.route("DESCRIBE t")), 0);
+}
+
 #[test]
 fn router_is_cheap_to_share() {
     let r = Arc::new(router());
