@@ -239,6 +239,13 @@ impl Router {
                 table_names: Vec::new(),
             },
         };
+        if word.eq_ignore_ascii_case("load") {
+            if let Some(table) = self.load_data_target(&lower) {
+                return refuse(format!(
+                    "LOAD DATA into sharded `{table}` is not supported: Tessera cannot split a file by shard key; load it with INSERT statements or into each sub-table directly"
+                ));
+            }
+        }
         let checks_writes = self.blacklist.checks_unfiltered_writes()
             && (word.eq_ignore_ascii_case("update") || word.eq_ignore_ascii_case("delete"));
         if hints.node.is_some() || (!checks_writes && !self.mentions_watched(&lower)) {
@@ -399,6 +406,15 @@ impl Router {
             sql: Some(edits.apply(src.sql())?),
             table_names: Vec::new(),
         })
+    }
+
+    /// The sharded table a `LOAD DATA … INTO TABLE t` fills, if it is one
+    /// (sqlparser cannot parse LOAD DATA). `lower`: the statement in lower case.
+    fn load_data_target(&self, lower: &str) -> Option<String> {
+        let rest = &lower[lower.find("into table")? + "into table".len()..];
+        let name = rest.split_whitespace().next()?;
+        let table = name.rsplit('.').next()?.trim_matches('`');
+        self.schema.sharded(table).map(|t| t.name.clone())
     }
 
     /// `lower`: the statement in lower case.

@@ -498,6 +498,14 @@ fn describing_a_sharded_table_asks_its_first_sub_table() {
             "{sql}"
         );
     }
+    assert!(refused(&r.route(
+        "LOAD DATA LOCAL INFILE '/tmp/x.csv' INTO TABLE `tessera`.`stu` FIELDS TERMINATED BY ','"
+    ))
+    .contains("LOAD DATA"));
+    assert_eq!(
+        single_unrewritten(&r.route("LOAD DATA LOCAL INFILE 'x' INTO TABLE t")),
+        0
+    );
     // Unsharded tables are described where they live, as sent.
     assert_eq!(single_unrewritten(&r.route("DESCRIBE t")), 0);
 }
