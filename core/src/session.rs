@@ -2962,8 +2962,10 @@ mod tests {
         assert!(s.is_idle());
     }
 
-    #[test]
-    fn failed_reprepare_answers_the_client_instead_of_looping() {
+    /// A session whose prepared statement is being re-prepared on a new
+    /// connection: it was prepared, the connection died, and the client
+    /// executed it. The re-prepare's answer is the test's to give.
+    fn reprepare_pending() -> (Session, Instant, CapabilityFlags) {
         let now = Instant::now();
         let caps = client_caps();
         let mut s = logged_in(now, caps, 1 << 20);
@@ -2986,6 +2988,12 @@ mod tests {
         assert!(drain(&mut s).acquire);
         let sent = attach_and_restore(&mut s, now, caps);
         assert_eq!(sent.get(4), Some(&cmd::STMT_PREPARE));
+        (s, now, caps)
+    }
+
+    #[test]
+    fn failed_reprepare_answers_the_client_instead_of_looping() {
+        let (mut s, now, _) = reprepare_pending();
         // A plain OK is not a STMT_OK: the client gets an error, no retry loop.
         s.handle_backend_data(
             now,
@@ -3000,27 +3008,7 @@ mod tests {
 
     #[test]
     fn a_reprepare_answer_split_across_reads_still_prepares() {
-        let now = Instant::now();
-        let caps = client_caps();
-        let mut s = logged_in(now, caps, 1 << 20);
-        s.handle_client_data(now, &mut framed(0, b"\x16SELECT 1"));
-        drain(&mut s);
-        attach_and_restore(&mut s, now, caps);
-        let mut ok = vec![0u8];
-        ok.extend_from_slice(&5u32.to_le_bytes());
-        ok.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
-        s.handle_backend_data(now, testing::PRIMARY, &mut framed(1, &ok));
-        let out = drain(&mut s).to_client;
-        let id = u32::from_le_bytes([out[5], out[6], out[7], out[8]]);
-        s.handle_backend_closed(now, testing::PRIMARY, "test");
-        drain(&mut s);
-        let mut exec = vec![cmd::STMT_EXECUTE];
-        exec.extend_from_slice(&id.to_le_bytes());
-        exec.extend_from_slice(&[0, 1, 0, 0, 0]);
-        s.handle_client_data(now, &mut framed(0, &exec));
-        assert!(drain(&mut s).acquire);
-        let sent = attach_and_restore(&mut s, now, caps);
-        assert_eq!(sent.get(4), Some(&cmd::STMT_PREPARE));
+        let (mut s, now, caps) = reprepare_pending();
         // STMT_OK for one column, then its definition (and an EOF without
         // CLIENT_DEPRECATE_EOF), arriving in two reads.
         let mut prep = vec![0u8];

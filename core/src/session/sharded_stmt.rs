@@ -46,29 +46,12 @@ impl Session {
     /// COM_STMT_PREPARE of a statement routed at each execute: prepared on
     /// the sub-table a representative plan reaches.
     pub(super) fn prepare_bound(&mut self, now: Instant, pkt: Packet, bound: Arc<BoundStatement>) {
-        let (node, sql) = match self.ctx.router.route_representative(&bound) {
-            Plan::Single {
-                node, sql: Some(s), ..
-            } => (node, s),
-            Plan::Refuse { code, message } => return self.refuse(code, &message),
-            Plan::Scatter(_) => {
-                return self.refuse(
-                    router::ER_NOT_SUPPORTED,
-                    "A prepared statement over a sharded table must pin one sub-table with its shard key (for example `id = ?`); this one reaches several. Send it as text instead",
-                )
-            }
-            Plan::Sequence(_) => {
-                return self.refuse(
-                    router::ER_NOT_SUPPORTED,
-                    "A prepared INSERT that needs ids from a Tessera sequence is not supported; give the id or send the INSERT as text",
-                )
-            }
-            _ => {
-                return self.refuse(
-                    router::ER_NOT_SUPPORTED,
-                    "This prepared statement over a sharded table cannot be routed; send it as text",
-                )
-            }
+        let plan = self.ctx.router.route_representative(&bound);
+        let Target { node, sql, .. } = match one_target(plan, |_| {
+            "A prepared statement over a sharded table must pin one sub-table with its shard key (for example `id = ?`); this one reaches several. Send it as text instead".into()
+        }) {
+            Ok(t) => t,
+            Err((code, message)) => return self.refuse(code, &message),
         };
         let backend = match self.pick(node, Access::Write, now) {
             Ok(b) => b,
@@ -180,33 +163,15 @@ impl Session {
         };
         let sent_types = sent_types.map(Bytes::copy_from_slice);
         let plan = self.ctx.router.route_bound(&bound, &values);
-        let (node, sql, table_names) = match plan {
-            Plan::Single {
-                node,
-                sql: Some(s),
-                table_names,
-                ..
-            } => (node, s, table_names),
-            Plan::Refuse { code, message } => return self.refuse(code, &message),
-            Plan::Scatter(s) => {
-                let msg = format!(
-                    "This execute reaches {} sub-tables; a prepared statement over a sharded table must reach one. Send it as text to fan out",
-                    s.parts.len()
-                );
-                return self.refuse(router::ER_NOT_SUPPORTED, &msg);
-            }
-            Plan::Sequence(_) => {
-                return self.refuse(
-                    router::ER_NOT_SUPPORTED,
-                    "A prepared INSERT that needs ids from a Tessera sequence is not supported; give the id or send the INSERT as text",
-                )
-            }
-            _ => {
-                return self.refuse(
-                    router::ER_NOT_SUPPORTED,
-                    "This execute cannot be routed; send the statement as text",
-                )
-            }
+        let Target {
+            node,
+            sql,
+            table_names,
+        } = match one_target(plan, |n| {
+            format!("This execute reaches {n} sub-tables; a prepared statement over a sharded table must reach one. Send it as text to fan out")
+        }) {
+            Ok(t) => t,
+            Err((code, message)) => return self.refuse(code, &message),
         };
         let backend = match self.pick(node, Access::Write, now) {
             Ok(b) => b,
@@ -279,5 +244,41 @@ impl Session {
             },
         );
         v
+    }
+}
+
+/// The one sub-table a prepared statement's plan reaches.
+struct Target {
+    node: usize,
+    sql: String,
+    /// (sub-table, logical table) renames, for result metadata.
+    table_names: Vec<(String, String)>,
+}
+
+/// The target of a prepared statement's plan, or the error that answers the
+/// client. `fan_out` words the refusal of a plan that reaches several
+/// sub-tables (given how many).
+fn one_target(plan: Plan, fan_out: impl FnOnce(usize) -> String) -> Result<Target, (u16, String)> {
+    match plan {
+        Plan::Single {
+            node,
+            sql: Some(sql),
+            table_names,
+            ..
+        } => Ok(Target {
+            node,
+            sql,
+            table_names,
+        }),
+        Plan::Refuse { code, message } => Err((code, message)),
+        Plan::Scatter(s) => Err((router::ER_NOT_SUPPORTED, fan_out(s.parts.len()))),
+        Plan::Sequence(_) => Err((
+            router::ER_NOT_SUPPORTED,
+            "A prepared INSERT that needs ids from a Tessera sequence is not supported; give the id or send the INSERT as text".into(),
+        )),
+        _ => Err((
+            router::ER_NOT_SUPPORTED,
+            "This prepared statement over a sharded table cannot be routed; send it as text".into(),
+        )),
     }
 }
