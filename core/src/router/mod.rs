@@ -307,6 +307,11 @@ impl Router {
                 "This prepared statement over a sharded table could not be read; send it as text",
             ));
         };
+        if statements.len() != 1 {
+            return PreparedRoute::Fixed(refuse(
+                "A prepared statement over a sharded table must be exactly one statement",
+            ));
+        }
         let lower = parse_text.to_ascii_lowercase();
         let access = keyword_access(first_word(self.hints(parse_text).1), &lower);
         PreparedRoute::Bound(Arc::new(BoundStatement {

@@ -510,6 +510,24 @@ fn describing_a_sharded_table_asks_its_first_sub_table() {
     assert_eq!(single_unrewritten(&r.route("DESCRIBE t")), 0);
 }
 
+/// Found by the `sql` fuzz target: a prepare of nothing but a comment that
+/// names a sharded table parsed to no statement, and the router panicked.
+#[test]
+fn a_prepare_that_parses_to_no_statement_is_refused() {
+    let r = router();
+    for sql in [
+        "--\tLESCRI9999BE \t-HFstu",
+        "/* stu */",
+        "SELECT 1 FROM stu; SELECT 2",
+    ] {
+        match r.route_prepare(sql) {
+            crate::router::PreparedRoute::Fixed(Plan::Refuse { .. }) => {}
+            crate::router::PreparedRoute::Fixed(_) => {}
+            other => panic!("{sql:?}: {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn router_is_cheap_to_share() {
     let r = Arc::new(router());
