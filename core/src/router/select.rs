@@ -14,6 +14,9 @@ use sqlparser::ast::{
     Statement, UnaryOperator, Value,
 };
 
+use sqlparser::dialect::MySqlDialect;
+use sqlparser::parser::Parser;
+
 use crate::merge::{Agg, CmpOp, Having, MergeSpec, Operand, SortKey};
 use crate::shard::{IndexSet, ShardedTable};
 
@@ -555,7 +558,13 @@ fn scatter_select(
     let tokens = Tokens::new(sql).ok_or("the statement could not be tokenised")?;
     if !p.hidden.is_empty() {
         let at = projection_start(&tokens).ok_or("the select list could not be located")?;
-        let mut text = p.hidden.join(", ");
+        // `SELECT(e)` has no space to keep the hidden columns off the keyword.
+        let mut text = if sql[..at].ends_with(char::is_whitespace) {
+            String::new()
+        } else {
+            " ".to_string()
+        };
+        text.push_str(&p.hidden.join(", "));
         text.push_str(", ");
         common.insert(at, text);
         // MariaDB takes a bare `*` only first in the list: after the hidden
@@ -689,6 +698,15 @@ fn scatter_select(
                 .apply(sql)
                 .ok_or("the statement could not be rewritten")?,
         });
+    }
+    // The shard query is the client's text with hidden columns spliced in
+    // and clauses cut; where sqlparser read the client's text more loosely
+    // than MariaDB would, the splice can go wrong. The parts differ only in
+    // table names, so one parse tells for all: never send a mangled query.
+    if let Some(first) = parts.first() {
+        if Parser::parse_sql(&MySqlDialect {}, &first.sql).is_err() {
+            return Err("This query could not be rewritten for the sub-tables; simplify it or add a shard-key condition".into());
+        }
     }
     Ok(ScatterPlan {
         parts,

@@ -510,6 +510,27 @@ fn describing_a_sharded_table_asks_its_first_sub_table() {
     assert_eq!(single_unrewritten(&r.route("DESCRIBE t")), 0);
 }
 
+/// Found by the `sql` fuzz target: hidden columns were glued to a SELECT
+/// written without a space before its first item (`SELECTname, (e)`).
+#[test]
+fn hidden_columns_keep_off_a_select_without_a_space() {
+    let r = router();
+    let s = scatter(r.route("SELECT(score) FROM stu WHERE id IN (2, 9) GROUP BY name"));
+    let t = &s.parts[0].sql;
+    assert!(t.starts_with("SELECT name, (score) FROM stu_0001"), "{t}");
+    assert!(sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::MySqlDialect {}, t).is_ok());
+}
+
+/// Found by the `sql` fuzz target: sqlparser reads `ORDER(*)` as a call,
+/// so the HAVING cut stopped at its `ORDER`; a shard query that does not
+/// parse is refused rather than sent.
+#[test]
+fn a_shard_query_that_would_not_parse_is_refused() {
+    let r = router();
+    let sql = "SELECT name, AVG(score) FROM stu WHERE id IN (1, 9, 2) GROUP BY name HAVING ORDER(*) > 0 ORDER BY 2 DESC LIMIT 5";
+    assert!(refused(&r.route(sql)).contains("could not be rewritten"));
+}
+
 /// Found by the `sql` fuzz target: a prepare of nothing but a comment that
 /// names a sharded table parsed to no statement, and the router panicked.
 #[test]
