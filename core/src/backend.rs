@@ -804,25 +804,33 @@ mod tests {
         assert_eq!(consumed, wire.len());
     }
 
+    /// A STMT_OK for statement 7 with `params` parameters and one column,
+    /// their definitions, and the EOFs of the old protocol.
+    fn prepare_answer(params: u16, deprecate: bool) -> BytesMut {
+        let mut w = BytesMut::new();
+        let mut p = vec![0u8];
+        p.extend_from_slice(&7u32.to_le_bytes());
+        p.extend_from_slice(&1u16.to_le_bytes()); // columns
+        p.extend_from_slice(&params.to_le_bytes());
+        p.extend_from_slice(&[0, 0, 0]);
+        let mut seq = write_packet(&mut w, 1, &p);
+        for _ in 0..params {
+            seq = write_packet(&mut w, seq, b"\x03defparam");
+        }
+        if !deprecate {
+            seq = write_packet(&mut w, seq, &eof_payload(0, StatusFlags::empty()));
+        }
+        seq = write_packet(&mut w, seq, b"\x03defcol");
+        if !deprecate {
+            write_packet(&mut w, seq, &eof_payload(0, StatusFlags::empty()));
+        }
+        w
+    }
+
     #[test]
     fn prepare_response_with_params_and_columns() {
         for deprecate in [false, true] {
-            let mut w = BytesMut::new();
-            let mut p = vec![0u8];
-            p.extend_from_slice(&7u32.to_le_bytes());
-            p.extend_from_slice(&1u16.to_le_bytes()); // columns
-            p.extend_from_slice(&2u16.to_le_bytes()); // params
-            p.extend_from_slice(&[0, 0, 0]);
-            let mut seq = write_packet(&mut w, 1, &p);
-            seq = write_packet(&mut w, seq, b"\x03defparam");
-            seq = write_packet(&mut w, seq, b"\x03defparam");
-            if !deprecate {
-                seq = write_packet(&mut w, seq, &eof_payload(0, StatusFlags::empty()));
-            }
-            seq = write_packet(&mut w, seq, b"\x03defcol");
-            if !deprecate {
-                write_packet(&mut w, seq, &eof_payload(0, StatusFlags::empty()));
-            }
+            let w = prepare_answer(2, deprecate);
             let mut s = ResponseScanner::new(ResponseKind::Prepare, deprecate);
             let steps = scan_all(&mut s, &w);
             assert!(s.is_done());
@@ -888,21 +896,7 @@ mod tests {
     #[test]
     fn prepare_hands_over_column_definitions_not_parameters() {
         for deprecate in [false, true] {
-            let mut w = BytesMut::new();
-            let mut p = vec![0u8];
-            p.extend_from_slice(&7u32.to_le_bytes());
-            p.extend_from_slice(&1u16.to_le_bytes()); // columns
-            p.extend_from_slice(&1u16.to_le_bytes()); // params
-            p.extend_from_slice(&[0, 0, 0]);
-            let mut seq = write_packet(&mut w, 1, &p);
-            seq = write_packet(&mut w, seq, b"\x03defparam");
-            if !deprecate {
-                seq = write_packet(&mut w, seq, &eof_payload(0, StatusFlags::empty()));
-            }
-            seq = write_packet(&mut w, seq, b"\x03defcol");
-            if !deprecate {
-                write_packet(&mut w, seq, &eof_payload(0, StatusFlags::empty()));
-            }
+            let w = prepare_answer(1, deprecate);
             let mut s = ResponseScanner::new(ResponseKind::Prepare, deprecate).with_column_defs();
             let steps = scan_all(&mut s, &w);
             assert!(s.is_done());

@@ -1203,16 +1203,7 @@ impl Session {
                     return;
                 }
                 if command == cmd::STMT_CLOSE {
-                    if let Some(st) = self.stmts.remove(&id) {
-                        if let (Some(bid), true) =
-                            (st.backend_id, self.slots.contains_key(&st.backend))
-                        {
-                            let mut p = pkt.payload.to_vec();
-                            p[1..5].copy_from_slice(&bid.to_le_bytes());
-                            self.out
-                                .push_back(Output::ToBackend(st.backend, frame(0, &p)));
-                        }
-                    }
+                    self.close_statement(id);
                     return;
                 }
                 if let Some(st) = self.stmts.get(&id) {

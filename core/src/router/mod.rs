@@ -291,14 +291,15 @@ impl Router {
     /// values ([`Router::route_bound`]); anything else gets its plan now.
     pub fn route_prepare(&self, sql: &str) -> PreparedRoute {
         let plan = self.route_uncached(sql);
+        let lower = sql.to_ascii_lowercase();
         let touches_sharded = matches!(
             plan,
             Plan::Single { sql: Some(_), .. } | Plan::Scatter(_) | Plan::Refuse { .. }
-        ) && self.mentions_watched(&sql.to_ascii_lowercase());
+        ) && self.mentions_watched(&lower);
         if !touches_sharded {
             return PreparedRoute::Fixed(plan);
         }
-        let (hints, _) = self.hints(sql);
+        let (hints, body) = self.hints(sql);
         let (parse_text, lock_suffix) = split_lock_in_share_mode(sql);
         let parsed = Parser::parse_sql(&MySqlDialect {}, parse_text).ok();
         let offsets = text::placeholder_offsets(parse_text);
@@ -312,8 +313,7 @@ impl Router {
                 "A prepared statement over a sharded table must be exactly one statement",
             ));
         }
-        let lower = parse_text.to_ascii_lowercase();
-        let access = keyword_access(first_word(self.hints(parse_text).1), &lower);
+        let access = keyword_access(first_word(body), &lower);
         PreparedRoute::Bound(Arc::new(BoundStatement {
             sql: parse_text.to_string(),
             stmt: statements.remove(0),

@@ -124,7 +124,7 @@ impl Session {
     }
 
     /// Forgets a statement and closes it on its backend if it was prepared there.
-    fn close_statement(&mut self, id: u32) {
+    pub(super) fn close_statement(&mut self, id: u32) {
         let Some(st) = self.stmts.remove(&id) else {
             return;
         };
