@@ -39,6 +39,8 @@ impl ShardedEnv {
             dir: Some(dir.clone()),
         };
         let (shards, mut config) = playground::start_backends(&opts, &dir).expect("servers start");
+        // A port picked before the servers started may be theirs by now.
+        config.listen = "127.0.0.1:0".into();
         adjust(&mut config);
         shards[0]
             .primary
