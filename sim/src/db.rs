@@ -1,264 +1,163 @@
-//! A simulated MySQL server: the wire protocol through the core's codec and
-//! a tiny engine over one table `kv (k BIGINT PRIMARY KEY, v BIGINT)` with
-//! transactions and a GTID counter. A test double, kept obviously correct.
+//! A simulated MySQL host on turmoil: [`crate::server`] connections over
+//! [`crate::engine`], and on a replica a replication task that pulls the
+//! primary's binlog over the simulated network and applies it after a lag.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use bytes::BytesMut;
-use mysql_common::constants::ColumnType;
-use mysql_common::io::ParseBuf;
-use mysql_common::packets::{Column, HandshakePacket, HandshakeResponse};
-use mysql_common::proto::MySerialize;
-use tessera_core::auth::PasswordHashes;
-use tessera_core::protocol::{
-    self, cmd, encode_text_result, eof_payload, err_payload, ok_payload, CapabilityFlags,
-    FrameReader, StatusFlags,
-};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub const USER: &str = "app";
-pub const PASSWORD: &str = "pw";
+use crate::client::{Answer, SimClient};
+use crate::engine::{Commit, SharedEngine, SharedTrace};
+use crate::server::{self, ServerConn, PASSWORD, USER};
 
-/// Durable state: survives a crash of the host (it lives outside the host's
-/// future), as committed data survives a real server's crash.
-#[derive(Debug, Default)]
-pub struct Storage {
-    pub data: BTreeMap<i64, i64>,
-    pub gtid: u64,
-    next_conn: u32,
+pub use crate::server::{PASSWORD as DB_PASSWORD, USER as DB_USER};
+
+/// How a host replicates and commits; shared with the fault schedule, which
+/// may raise the lag mid-run.
+#[derive(Debug, Clone)]
+pub struct Replication {
+    /// How long after fetching a commit a replica applies it.
+    pub lag: Duration,
+    /// A primary's commit waits (up to [`SEMI_SYNC_TIMEOUT`]) until a replica
+    /// has fetched it, as MariaDB's semi-synchronous replication does.
+    pub semi_sync: bool,
 }
 
-pub type SharedStorage = Arc<Mutex<Storage>>;
+pub type SharedReplication = Arc<Mutex<Replication>>;
+
+/// After this long without a replica's acknowledgement a semi-sync commit
+/// answers anyway (MariaDB falls back to asynchronous replication).
+pub const SEMI_SYNC_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How often a replica asks its primary for new commits.
+const FETCH_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Serves MySQL on port 3306 until the host is crashed.
-pub async fn serve(storage: SharedStorage) -> turmoil::Result {
+pub async fn serve(
+    engine: SharedEngine,
+    trace: SharedTrace,
+    replication: SharedReplication,
+) -> turmoil::Result {
+    if let Ok(mut e) = engine.lock() {
+        e.restarted();
+    }
     let listener = turmoil::net::TcpListener::bind("0.0.0.0:3306").await?;
     loop {
         let (stream, _) = listener.accept().await?;
-        let storage = storage.clone();
+        let (engine, trace, replication) = (engine.clone(), trace.clone(), replication.clone());
         tokio::spawn(async move {
-            let _ = Connection::new(stream, storage).run().await;
+            let _ = connection(stream, engine, trace, replication).await;
         });
     }
 }
 
-struct Connection {
-    stream: turmoil::net::TcpStream,
-    buf: BytesMut,
-    storage: SharedStorage,
-    deprecate_eof: bool,
-    /// Writes of the open transaction (`None`: autocommit).
-    tx: Option<BTreeMap<i64, i64>>,
-}
-
-enum Reply {
-    Ok(u64),
-    Rows(Vec<&'static str>, Vec<Vec<Option<String>>>),
-    Err(u16, String),
-}
-
-impl Connection {
-    fn new(stream: turmoil::net::TcpStream, storage: SharedStorage) -> Self {
-        Self {
-            stream,
-            buf: BytesMut::new(),
-            storage,
-            deprecate_eof: false,
-            tx: None,
-        }
-    }
-
-    async fn read(&mut self, frames: &mut FrameReader) -> std::io::Result<protocol::Packet> {
+async fn connection(
+    mut stream: turmoil::net::TcpStream,
+    engine: SharedEngine,
+    trace: SharedTrace,
+    replication: SharedReplication,
+) -> std::io::Result<()> {
+    let (mut conn, greeting) = ServerConn::new(&mut engine.lock().expect("engine"));
+    stream.write_all(&greeting).await?;
+    let mut buf = vec![0u8; 64 << 10];
+    let result = loop {
+        // Answer every complete command.
         loop {
-            if let Ok(Some(p)) = frames.next_packet(&mut self.buf) {
-                return Ok(p);
+            let step = {
+                let mut e = engine.lock().expect("engine");
+                conn.step(&mut e, &trace, turmoil::elapsed())
+            };
+            let Some(step) = step else { break };
+            let semi_sync = replication.lock().map(|r| r.semi_sync).unwrap_or(false);
+            if let (true, Some(seq)) = (semi_sync, step.committed) {
+                let waited = tokio::time::timeout(SEMI_SYNC_TIMEOUT, async {
+                    while engine.lock().map(|e| e.replica_ack < seq).unwrap_or(false) {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                });
+                let _ = waited.await;
             }
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            if let Err(e) = stream.write_all(&step.out).await {
+                if let Ok(mut en) = engine.lock() {
+                    conn.close(&mut en);
+                }
+                return Err(e);
+            }
+            if conn.is_closed() {
+                break;
             }
         }
-    }
-
-    async fn send(&mut self, seq: u8, payload: &[u8]) -> std::io::Result<()> {
-        let mut out = BytesMut::new();
-        protocol::write_packet(&mut out, seq, payload);
-        self.stream.write_all(&out).await
-    }
-
-    fn status(&self) -> StatusFlags {
-        let mut s = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
-        if self.tx.is_some() {
-            s |= StatusFlags::SERVER_STATUS_IN_TRANS;
+        if conn.is_closed() {
+            break Ok(());
         }
-        s
+        if conn.is_blocked() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            continue;
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) => break Ok(()),
+            Ok(n) => conn.receive(&buf[..n]),
+            Err(e) => break Err(e),
+        }
+    };
+    if let Ok(mut e) = engine.lock() {
+        conn.close(&mut e);
     }
+    result
+}
 
-    async fn run(mut self) -> std::io::Result<()> {
-        let conn_id = {
-            let mut s = self.storage.lock().unwrap();
-            s.next_conn += 1;
-            s.next_conn
+/// A replica's replication thread: fetch the primary's commits, apply each
+/// once it is `lag` old. It reconnects after the primary is lost; fetched
+/// but unapplied commits are kept (a relay log).
+pub async fn replicate(primary: String, engine: SharedEngine, replication: SharedReplication) {
+    let mut relay: VecDeque<(Duration, Commit)> = VecDeque::new();
+    loop {
+        let client = tokio::time::timeout(
+            Duration::from_secs(1),
+            SimClient::connect(&primary, USER, PASSWORD),
+        )
+        .await;
+        let Ok(Ok(mut client)) = client else {
+            apply_ready(&engine, &mut relay);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
         };
-        let nonce = *b"simulated-nonce-1234";
-        let caps = protocol::server_capabilities();
-        let scramble_2 = [&nonce[8..], &[0u8][..]].concat();
-        let hs = HandshakePacket::new(
-            10,
-            &b"5.5.5-10.11.0-SimDB"[..],
-            conn_id,
-            nonce[..8].try_into().unwrap(),
-            Some(&scramble_2[..]),
-            caps,
-            45,
-            StatusFlags::SERVER_STATUS_AUTOCOMMIT,
-            Some(&b"mysql_native_password"[..]),
-        );
-        let mut payload = Vec::new();
-        hs.serialize(&mut payload);
-        self.send(0, &payload).await?;
-        let mut frames = FrameReader::new(16 << 20);
-        let login = self.read(&mut frames).await?;
-        let hr: HandshakeResponse<'_> = ParseBuf(&login.payload)
-            .parse(())
-            .map_err(|_| std::io::Error::other("bad handshake"))?;
-        let ok = hr.user() == USER.as_bytes()
-            && PasswordHashes::from_password(PASSWORD).verify_native(&nonce, hr.scramble_buf());
-        if !ok {
-            self.send(2, &err_payload(1045, "28000", "Access denied"))
-                .await?;
-            return Ok(());
-        }
-        self.deprecate_eof = hr
-            .capabilities()
-            .contains(CapabilityFlags::CLIENT_DEPRECATE_EOF);
-        self.send(2, &ok_payload(0, 0, 0, self.status(), 0)).await?;
         loop {
-            frames.expect_seq(Some(0));
-            let pkt = self.read(&mut frames).await?;
-            match pkt.payload.first().copied() {
-                Some(cmd::QUIT) | None => return Ok(()),
-                Some(cmd::QUERY) => {
-                    let sql = String::from_utf8_lossy(&pkt.payload[1..]).into_owned();
-                    let reply = self.execute(&sql);
-                    self.reply(reply).await?;
-                }
-                Some(cmd::RESET_CONNECTION) => {
-                    self.tx = None;
-                    self.send(1, &ok_payload(0, 0, 0, self.status(), 0)).await?;
-                }
-                Some(cmd::PING) | Some(cmd::INIT_DB) => {
-                    self.send(1, &ok_payload(0, 0, 0, self.status(), 0)).await?;
-                }
-                Some(cmd::SET_OPTION) => {
-                    let p = if self.deprecate_eof {
-                        ok_payload(0xfe, 0, 0, self.status(), 0)
-                    } else {
-                        eof_payload(0, self.status())
-                    };
-                    self.send(1, &p).await?;
-                }
-                Some(other) => {
-                    self.send(
-                        1,
-                        &err_payload(1047, "08S01", &format!("Unknown command {other}")),
-                    )
-                    .await?;
-                }
+            apply_ready(&engine, &mut relay);
+            let after = relay.back().map(|(_, c)| c.seq).unwrap_or_else(|| {
+                engine
+                    .lock()
+                    .ok()
+                    .and_then(|e| e.storage.slave_pos.map(|(_, s)| s))
+                    .unwrap_or(0)
+            });
+            let fetched = tokio::time::timeout(
+                Duration::from_secs(1),
+                client.query(&server::replication_query(after)),
+            )
+            .await;
+            let Ok(Ok(Answer::Rows(rows))) = fetched else {
+                break;
+            };
+            let lag = replication.lock().map(|r| r.lag).unwrap_or_default();
+            let ready_at = turmoil::elapsed() + lag;
+            for c in server::commits_from_rows(&rows).unwrap_or_default() {
+                relay.push_back((ready_at, c));
             }
+            apply_ready(&engine, &mut relay);
+            tokio::time::sleep(FETCH_INTERVAL).await;
         }
     }
+}
 
-    async fn reply(&mut self, reply: Reply) -> std::io::Result<()> {
-        match reply {
-            Reply::Ok(affected) => {
-                self.send(1, &ok_payload(0, affected, 0, self.status(), 0))
-                    .await
-            }
-            Reply::Err(code, msg) => self.send(1, &err_payload(code, "HY000", &msg)).await,
-            Reply::Rows(names, rows) => {
-                let cols: Vec<Column> = names
-                    .iter()
-                    .map(|n| Column::new(ColumnType::MYSQL_TYPE_VAR_STRING).with_name(n.as_bytes()))
-                    .collect();
-                let cells: Vec<Vec<Option<&[u8]>>> = rows
-                    .iter()
-                    .map(|r| r.iter().map(|c| c.as_deref().map(str::as_bytes)).collect())
-                    .collect();
-                let wire = encode_text_result(&cols, &cells, self.deprecate_eof, self.status());
-                self.stream.write_all(&wire).await
-            }
-        }
-    }
-
-    fn execute(&mut self, sql: &str) -> Reply {
-        let s = sql.trim().trim_end_matches(';').to_ascii_lowercase();
-        let words: Vec<&str> = s
-            .split(|c: char| c.is_whitespace() || "(),=".contains(c))
-            .filter(|w| !w.is_empty())
-            .collect();
-        match words.as_slice() {
-            ["set", ..] => Reply::Ok(0),
-            ["begin"] | ["start", "transaction"] => {
-                self.tx = Some(BTreeMap::new());
-                Reply::Ok(0)
-            }
-            ["commit"] => {
-                if let Some(writes) = self.tx.take() {
-                    let mut st = self.storage.lock().unwrap();
-                    if !writes.is_empty() {
-                        st.gtid += 1;
-                    }
-                    st.data.extend(writes);
-                }
-                Reply::Ok(0)
-            }
-            ["rollback"] => {
-                self.tx = None;
-                Reply::Ok(0)
-            }
-            ["replace", "into", "kv", "values", k, v] => match (k.parse::<i64>(), v.parse::<i64>())
-            {
-                (Ok(k), Ok(v)) => {
-                    match self.tx.as_mut() {
-                        Some(tx) => {
-                            tx.insert(k, v);
-                        }
-                        None => {
-                            let mut st = self.storage.lock().unwrap();
-                            st.gtid += 1;
-                            st.data.insert(k, v);
-                        }
-                    }
-                    Reply::Ok(1)
-                }
-                _ => Reply::Err(1064, format!("bad values in `{sql}`")),
-            },
-            ["select", "v", "from", "kv", "where", "k", k] => match k.parse::<i64>() {
-                Ok(k) => {
-                    let own = self.tx.as_ref().and_then(|t| t.get(&k).copied());
-                    let v = own.or_else(|| self.storage.lock().unwrap().data.get(&k).copied());
-                    Reply::Rows(
-                        vec!["v"],
-                        v.map(|v| vec![Some(v.to_string())]).into_iter().collect(),
-                    )
-                }
-                Err(_) => Reply::Err(1064, format!("bad key in `{sql}`")),
-            },
-            ["select", "@@gtid_current_pos"] => {
-                let g = self.storage.lock().unwrap().gtid;
-                Reply::Rows(
-                    vec!["@@gtid_current_pos"],
-                    vec![vec![Some(format!("0-1-{g}"))]],
-                )
-            }
-            ["select", "@@read_only"] => {
-                Reply::Rows(vec!["@@read_only"], vec![vec![Some("0".into())]])
-            }
-            _ => Reply::Err(
-                1064,
-                format!("You have an error in your SQL syntax near `{sql}`"),
-            ),
+fn apply_ready(engine: &SharedEngine, relay: &mut VecDeque<(Duration, Commit)>) {
+    let now = turmoil::elapsed();
+    let Ok(mut e) = engine.lock() else { return };
+    while relay.front().is_some_and(|(at, _)| *at <= now) {
+        if let Some((_, c)) = relay.pop_front() {
+            e.storage.apply_replicated(c);
         }
     }
 }

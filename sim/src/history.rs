@@ -1,20 +1,80 @@
-//! The recorded history of client operations, its fingerprint, and the
-//! checkers that judge it.
+//! The recorded history of client operations, what the servers recorded
+//! (binlogs, the statement trace), and the checkers that judge them.
+//!
+//! The primaries' binlogs give each key's versions in commit order, and each
+//! commit carries the tag of the operation that made it. Against that order:
+//!
+//! - **No acknowledged write is lost**: an operation the client saw succeed
+//!   has a commit on a primary; one it saw fail has none.
+//! - **Reads see real, fresh-enough values**: a read returns a version that
+//!   was committed on the key's primary. A read served by the primary (a
+//!   `/*master*/` read, or inside a transaction) is not older than any write
+//!   acknowledged before the read began; a replica read may be stale, except
+//!   under read-your-writes, where it is not older than the session's own
+//!   acknowledged writes.
+//! - **One shard a key**: a key's commits are all on one primary.
+//! - **No lost updates**: a counter's versions go 1, 2, 3, … (each increment
+//!   is a read-modify-write transaction).
+//! - **A transaction stays on one connection of one node**: every statement
+//!   tagged with a transaction runs on one server connection, inside it.
+//! - **No session state leaks through the pool**: no statement runs on a
+//!   connection carrying another session's `SET` or open transaction.
+//! - **No hang**: every operation issued after the faults healed succeeds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use crate::engine::{Commit, Executed, StmtKind};
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum OpKind {
-    Write { key: i64, value: i64 },
-    Read { key: i64 },
+    /// `REPLACE` (or, `insert`, a plain `INSERT` that fails once the key
+    /// exists) of a unique value into the sharded register table `kv`.
+    Write {
+        key: i64,
+        value: String,
+        insert: bool,
+    },
+    /// Appends a unique element to a list in the sharded table `lists`.
+    Append { key: i64, elem: String },
+    /// Reads one key of `table`; `primary`: with the `/*master*/` hint.
+    Read {
+        table: &'static str,
+        key: i64,
+        primary: bool,
+    },
+    /// A cross-shard range read of `kv` (merged by the proxy).
+    Range { lo: i64, hi: i64, primary: bool },
+    /// `BEGIN; SELECT … FOR UPDATE; REPLACE … n+1; COMMIT` on `counters`.
+    Increment { key: i64 },
+    /// One transaction writing two `kv` keys, which may sit on two nodes
+    /// (the proxy must then refuse, and the client rolls back).
+    Transfer { keys: [i64; 2], value: String },
+    /// `SET @sim_session = …`: session state the pool must not leak.
+    SetVar,
+}
+
+impl OpKind {
+    fn writes(&self) -> bool {
+        matches!(
+            self,
+            OpKind::Write { .. }
+                | OpKind::Append { .. }
+                | OpKind::Increment { .. }
+                | OpKind::Transfer { .. }
+        )
+    }
+
+    fn is_transaction(&self) -> bool {
+        matches!(self, OpKind::Increment { .. } | OpKind::Transfer { .. })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Outcome {
-    /// Acknowledged; a read carries the value it saw.
-    Ok(Option<i64>),
-    /// Definitely not applied (the database refused it).
+    /// Acknowledged, with what reads observed: `(table, key, value)`.
+    Ok(Vec<(&'static str, i64, Option<String>)>),
+    /// Definitely not applied.
     Fail(String),
     /// May or may not have taken effect (connection lost, timeout).
     Unknown(String),
@@ -22,7 +82,12 @@ pub enum Outcome {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Op {
+    pub id: u64,
     pub client: usize,
+    /// The client's proxy connection (`c<client>.<n>`).
+    pub session: String,
+    /// The session's user reads its writes (read-your-writes by GTID).
+    pub ryw: bool,
     pub kind: OpKind,
     pub invoked: Duration,
     pub completed: Duration,
@@ -31,116 +96,345 @@ pub struct Op {
     pub after_heal: bool,
 }
 
+/// What the servers recorded.
+#[derive(Debug, Default, Clone)]
+pub struct Evidence {
+    /// Each primary's binlog, by host.
+    pub primaries: BTreeMap<String, Vec<Commit>>,
+    pub executed: Vec<Executed>,
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct History {
     pub ops: Vec<Op>,
 }
 
+/// A logical table's name from a sub-table's (`kv_0003` → `kv`).
+pub fn logical_table(name: &str) -> &str {
+    match name.rsplit_once('_') {
+        Some((base, n)) if n.len() == 4 && n.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => name,
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Version {
+    value: Option<String>,
+    op: Option<u64>,
+}
+
 impl History {
-    /// A fingerprint of the whole history (FNV-1a over its debug form), to
-    /// prove that a seed replays exactly.
-    pub fn fingerprint(&self) -> u64 {
-        format!("{:?}", self.ops)
-            .bytes()
-            .fold(0xcbf29ce484222325u64, |h, b| {
-                (h ^ b as u64).wrapping_mul(0x100000001b3)
-            })
+    /// A fingerprint of the history and the servers' trace (FNV-1a over
+    /// their debug form), to prove that a seed replays exactly.
+    pub fn fingerprint(&self, evidence: &Evidence) -> u64 {
+        format!(
+            "{:?}{:?}{:?}",
+            self.ops, evidence.primaries, evidence.executed
+        )
+        .bytes()
+        .fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        })
     }
 
-    /// Checks the history of single-writer registers (each key is written by
-    /// one client only). Returns one line per violation.
-    ///
-    /// - A read returns a value that could be there: the last acknowledged
-    ///   write to the key (or nothing if none), or any write whose outcome is
-    ///   unknown (it may land at any time).
-    /// - Acknowledged writes are not lost: the same rule applied to the final
-    ///   reads made after every fault healed.
-    /// - Every operation issued after the faults healed gets an answer.
-    pub fn check(&self) -> Vec<String> {
-        let mut violations = Vec::new();
-        let mut by_key: BTreeMap<i64, Vec<&Op>> = BTreeMap::new();
-        for op in &self.ops {
-            let key = match op.kind {
-                OpKind::Write { key, .. } | OpKind::Read { key } => key,
-            };
-            by_key.entry(key).or_default().push(op);
-            if op.after_heal && !matches!(op.outcome, Outcome::Ok(_)) {
-                violations.push(format!("no answer after faults healed: {op:?}"));
-            }
-        }
-        for (key, ops) in by_key {
-            let mut acked: Option<i64> = None;
-            let mut unknown: BTreeSet<i64> = BTreeSet::new();
-            for op in ops {
-                match (&op.kind, &op.outcome) {
-                    (OpKind::Write { value, .. }, Outcome::Ok(_)) => acked = Some(*value),
-                    (OpKind::Write { value, .. }, Outcome::Unknown(_)) => {
-                        unknown.insert(*value);
-                    }
-                    (OpKind::Read { .. }, Outcome::Ok(seen)) => {
-                        let possible = *seen == acked || seen.is_some_and(|v| unknown.contains(&v));
-                        if !possible {
-                            violations.push(format!(
-                                "key {key}: read saw {seen:?}, but the last acknowledged write was {acked:?} \
-                                 (unknown writes: {unknown:?}); op {op:?}"
-                            ));
-                        }
-                    }
-                    _ => {}
+    /// Every violation, one line each.
+    pub fn check(&self, evidence: &Evidence) -> Vec<String> {
+        let mut v = Vec::new();
+        // Versions of each (logical table, key), and which primaries hold it.
+        let mut versions: BTreeMap<(String, i64), Vec<Version>> = BTreeMap::new();
+        let mut homes: BTreeMap<(String, i64), BTreeSet<&str>> = BTreeMap::new();
+        let mut committed_ops: BTreeSet<u64> = BTreeSet::new();
+        for (host, binlog) in &evidence.primaries {
+            for c in binlog {
+                if let Some(t) = &c.tag {
+                    committed_ops.insert(t.op);
+                }
+                for ch in &c.changes {
+                    let k = (logical_table(&ch.table).to_string(), ch.key);
+                    homes.entry(k.clone()).or_default().insert(host);
+                    versions.entry(k).or_default().push(Version {
+                        value: ch.value.clone(),
+                        op: c.tag.as_ref().map(|t| t.op),
+                    });
                 }
             }
         }
-        violations
+        for ((table, key), hosts) in &homes {
+            if hosts.len() > 1 {
+                v.push(format!(
+                    "{table} key {key} was written on several primaries: {hosts:?}"
+                ));
+            }
+        }
+        if let Some(counters) = Some(&versions) {
+            for ((table, key), vs) in counters.iter().filter(|((t, _), _)| t == "counters") {
+                for (i, ver) in vs.iter().enumerate() {
+                    let want = (i + 1).to_string();
+                    if ver.value.as_deref() != Some(want.as_str()) {
+                        v.push(format!(
+                            "lost update: {table} key {key} version {} is {:?} (op {:?}), expected {want}",
+                            i + 1,
+                            ver.value,
+                            ver.op
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+        // Where each write op's commit sits among its key's versions.
+        let index_of = |table: &str, key: i64, op: u64| -> Option<usize> {
+            versions
+                .get(&(table.to_string(), key))?
+                .iter()
+                .rposition(|x| x.op == Some(op))
+        };
+        for op in &self.ops {
+            if op.after_heal && !matches!(op.outcome, Outcome::Ok(_)) {
+                v.push(format!("no answer after the faults healed: {op:?}"));
+            }
+            if !op.kind.writes() {
+                continue;
+            }
+            match &op.outcome {
+                Outcome::Ok(_) if !committed_ops.contains(&op.id) => v.push(format!(
+                    "acknowledged write lost: no primary committed op {}: {op:?}",
+                    op.id
+                )),
+                Outcome::Fail(why) if committed_ops.contains(&op.id) => v.push(format!(
+                    "a write reported as failed ({why}) was committed: {op:?}"
+                )),
+                _ => {}
+            }
+        }
+        // Acknowledged writes per (table, key): (completed, session, version index).
+        let mut acked: BTreeMap<(String, i64), Vec<(Duration, &str, usize)>> = BTreeMap::new();
+        for op in &self.ops {
+            if !matches!(op.outcome, Outcome::Ok(_)) {
+                continue;
+            }
+            let touched: Vec<(&str, i64)> = match &op.kind {
+                OpKind::Write { key, .. } => vec![("kv", *key)],
+                OpKind::Append { key, .. } => vec![("lists", *key)],
+                OpKind::Increment { key } => vec![("counters", *key)],
+                OpKind::Transfer { keys, .. } => keys.iter().map(|k| ("kv", *k)).collect(),
+                _ => vec![],
+            };
+            for (table, key) in touched {
+                if let Some(i) = index_of(table, key, op.id) {
+                    acked.entry((table.to_string(), key)).or_default().push((
+                        op.completed,
+                        &op.session,
+                        i,
+                    ));
+                }
+            }
+        }
+        for op in &self.ops {
+            let Outcome::Ok(seen) = &op.outcome else {
+                continue;
+            };
+            let primary = match &op.kind {
+                OpKind::Read { primary, .. } | OpKind::Range { primary, .. } => *primary,
+                OpKind::Increment { .. } => true,
+                _ => continue,
+            };
+            for (table, key, value) in seen {
+                let k = (table.to_string(), *key);
+                let vs = versions.get(&k).map(Vec::as_slice).unwrap_or(&[]);
+                let found: Option<isize> = match value {
+                    None => Some(-1),
+                    Some(_) => vs
+                        .iter()
+                        .rposition(|x| x.value == *value)
+                        .map(|i| i as isize),
+                };
+                let Some(i) = found else {
+                    v.push(format!(
+                        "{table} key {key}: read saw {value:?}, which no primary committed; op {op:?}"
+                    ));
+                    continue;
+                };
+                let floor = acked
+                    .get(&k)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(done, session, _)| {
+                        *done < op.invoked && (primary || (op.ryw && *session == op.session))
+                    })
+                    .map(|(_, _, idx)| *idx as isize)
+                    .max();
+                if let Some(floor) = floor.filter(|f| i < *f) {
+                    let rule = if primary {
+                        "a primary read"
+                    } else {
+                        "a read-your-writes read"
+                    };
+                    v.push(format!(
+                        "{table} key {key}: stale read: {rule} saw version {} ({value:?}) but version {} ({:?}) was acknowledged before it began; op {op:?}",
+                        i + 1,
+                        floor + 1,
+                        vs[floor as usize].value
+                    ));
+                }
+            }
+        }
+        // Transactions: one connection, statements inside the transaction.
+        let tx_ops: BTreeSet<u64> = self
+            .ops
+            .iter()
+            .filter(|o| o.kind.is_transaction())
+            .map(|o| o.id)
+            .collect();
+        let mut places: BTreeMap<u64, BTreeSet<(&str, u32)>> = BTreeMap::new();
+        for e in &evidence.executed {
+            if let Some(owner) = &e.owner {
+                v.push(format!(
+                    "session state leaked through the pool: `{}` of session {} ran on {} connection {} carrying session {owner}'s state",
+                    e.sql, e.tag.session, e.host, e.conn
+                ));
+            }
+            if tx_ops.contains(&e.tag.op) {
+                places
+                    .entry(e.tag.op)
+                    .or_default()
+                    .insert((e.host.as_str(), e.conn));
+                if !e.in_tx && e.kind == StmtKind::Other {
+                    v.push(format!(
+                        "statement of transaction op {} ran outside it: `{}` on {} connection {}",
+                        e.tag.op, e.sql, e.host, e.conn
+                    ));
+                }
+            }
+        }
+        for (op, at) in places {
+            if at.len() > 1 {
+                v.push(format!(
+                    "transaction op {op} ran on several connections: {at:?}"
+                ));
+            }
+        }
+        v
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::{Change, Tag};
 
-    fn op(kind: OpKind, outcome: Outcome) -> Op {
+    fn op(id: u64, kind: OpKind, outcome: Outcome, invoked: u64, completed: u64) -> Op {
         Op {
+            id,
             client: 0,
+            session: "c0.1".into(),
+            ryw: false,
             kind,
-            invoked: Duration::ZERO,
-            completed: Duration::ZERO,
+            invoked: Duration::from_millis(invoked),
+            completed: Duration::from_millis(completed),
             outcome,
             after_heal: false,
         }
     }
 
-    #[test]
-    fn lost_acknowledged_write_is_caught() {
-        let h = History {
-            ops: vec![
-                op(OpKind::Write { key: 1, value: 10 }, Outcome::Ok(None)),
-                op(OpKind::Write { key: 1, value: 11 }, Outcome::Ok(None)),
-                op(OpKind::Read { key: 1 }, Outcome::Ok(Some(10))),
-            ],
-        };
-        assert_eq!(h.check().len(), 1);
+    fn commit(seq: u64, op: u64, table: &str, key: i64, value: &str) -> Commit {
+        Commit {
+            server_id: 1,
+            seq,
+            tag: Some(Tag {
+                session: "c0.1".into(),
+                op,
+            }),
+            changes: vec![Change {
+                table: table.into(),
+                key,
+                value: Some(value.into()),
+            }],
+        }
+    }
+
+    fn evidence(commits: Vec<Commit>) -> Evidence {
+        let mut e = Evidence::default();
+        e.primaries.insert("db1".into(), commits);
+        e
+    }
+
+    fn write(id: u64, value: &str, outcome: Outcome, t: (u64, u64)) -> Op {
+        op(
+            id,
+            OpKind::Write {
+                key: 1,
+                value: value.into(),
+                insert: false,
+            },
+            outcome,
+            t.0,
+            t.1,
+        )
+    }
+
+    fn read(id: u64, primary: bool, seen: Option<&str>, t: (u64, u64)) -> Op {
+        op(
+            id,
+            OpKind::Read {
+                table: "kv",
+                key: 1,
+                primary,
+            },
+            Outcome::Ok(vec![("kv", 1, seen.map(String::from))]),
+            t.0,
+            t.1,
+        )
     }
 
     #[test]
-    fn unknown_write_may_land_late() {
-        let h = History {
-            ops: vec![
-                op(
-                    OpKind::Write { key: 1, value: 10 },
-                    Outcome::Unknown("timeout".into()),
-                ),
-                op(OpKind::Write { key: 1, value: 11 }, Outcome::Ok(None)),
-                op(OpKind::Read { key: 1 }, Outcome::Ok(Some(10))),
-            ],
-        };
-        assert!(h.check().is_empty());
+    fn a_stale_primary_read_is_caught_and_a_stale_replica_read_is_allowed() {
+        let ev = evidence(vec![
+            commit(1, 1, "kv_0001", 1, "a"),
+            commit(2, 2, "kv_0001", 1, "b"),
+        ]);
+        let ops = vec![
+            write(1, "a", Outcome::Ok(vec![]), (0, 10)),
+            write(2, "b", Outcome::Ok(vec![]), (20, 30)),
+            read(3, false, Some("a"), (40, 50)),
+        ];
+        assert!(History { ops: ops.clone() }.check(&ev).is_empty());
+        let mut stale = ops;
+        stale.push(read(4, true, Some("a"), (40, 50)));
+        assert_eq!(History { ops: stale }.check(&ev).len(), 1);
     }
 
     #[test]
-    fn value_never_written_is_caught() {
-        let h = History {
-            ops: vec![op(OpKind::Read { key: 1 }, Outcome::Ok(Some(99)))],
-        };
-        assert_eq!(h.check().len(), 1);
+    fn lost_and_phantom_writes_are_caught() {
+        let ev = evidence(vec![commit(1, 1, "kv_0001", 1, "a")]);
+        let ops = vec![
+            write(1, "a", Outcome::Fail("1062".into()), (0, 10)),
+            write(2, "b", Outcome::Ok(vec![]), (20, 30)),
+            read(3, false, Some("zzz"), (40, 50)),
+        ];
+        // op 1 failed yet committed; op 2 acknowledged yet lost; "zzz" never written.
+        assert_eq!(History { ops }.check(&ev).len(), 3);
+    }
+
+    #[test]
+    fn a_concurrent_write_may_or_may_not_be_seen() {
+        let ev = evidence(vec![
+            commit(1, 1, "kv_0001", 1, "a"),
+            commit(2, 2, "kv_0001", 1, "b"),
+        ]);
+        let ops = vec![
+            write(1, "a", Outcome::Ok(vec![]), (0, 10)),
+            write(2, "b", Outcome::Ok(vec![]), (20, 60)),
+            read(3, true, Some("a"), (40, 50)),
+            read(4, true, Some("b"), (40, 50)),
+        ];
+        assert!(History { ops }.check(&ev).is_empty());
+    }
+
+    #[test]
+    fn sub_tables_map_to_their_logical_table() {
+        assert_eq!(logical_table("kv_0003"), "kv");
+        assert_eq!(logical_table("counters"), "counters");
+        assert_eq!(logical_table("my_kv"), "my_kv");
     }
 }

@@ -9,23 +9,25 @@ use tessera_sim::{run, Scenario};
 fn main() {
     let mut seeds = 100u64;
     let mut scenarios: Vec<Scenario> = Scenario::ALL.to_vec();
+    let mut verbose = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--seeds" => seeds = args.next().and_then(|v| v.parse().ok()).unwrap_or(seeds),
+            "--verbose" => verbose = true,
             "--scenario" => {
                 let name = args.next().unwrap_or_default();
                 match Scenario::parse(&name) {
                     Some(s) => scenarios = vec![s],
                     None if name == "all" => {}
                     None => {
-                        eprintln!("unknown scenario `{name}`: calm, partition, db-crash, proxy-crash or all");
+                        eprintln!("unknown scenario `{name}`: calm, partition, primary-crash, proxy-crash, replica-lag or all");
                         std::process::exit(2);
                     }
                 }
             }
             _ => {
-                eprintln!("usage: tessera-sim [--seeds N] [--scenario NAME|all]");
+                eprintln!("usage: tessera-sim [--seeds N] [--scenario NAME|all] [--verbose]");
                 std::process::exit(2);
             }
         }
@@ -51,6 +53,21 @@ fn main() {
                     report.fingerprint
                 );
             }
+            if verbose {
+                let mut why: std::collections::BTreeMap<String, usize> = Default::default();
+                for op in &report.history.ops {
+                    let text = match &op.outcome {
+                        tessera_sim::history::Outcome::Ok(_) => continue,
+                        tessera_sim::history::Outcome::Fail(w) => format!("fail {w}"),
+                        tessera_sim::history::Outcome::Unknown(w) => format!("unknown {w}"),
+                    };
+                    *why.entry(text.chars().take(90).collect()).or_default() += 1;
+                }
+                println!("seed {seed}: faults {:?}", report.faults);
+                for (w, n) in why {
+                    println!("    {n:4} {w}");
+                }
+            }
             if !report.violations.is_empty() {
                 failures += 1;
                 println!(
@@ -59,7 +76,10 @@ fn main() {
                     seed,
                     report.replay_command()
                 );
-                for v in report.violations.iter().take(5) {
+                for f in &report.faults {
+                    println!("    fault: {f}");
+                }
+                for v in report.violations.iter().take(8) {
                     println!("    {v}");
                 }
             }

@@ -1,5 +1,7 @@
-//! Scenarios: a simulated database, the real proxy adapter and clients on
-//! turmoil, with faults drawn from the seed; the history is checked after.
+//! Scenarios: two nodes of simulated MySQL (a primary and a replica each),
+//! the real proxy adapter with a sharded schema, and client workloads, on
+//! turmoil; faults are drawn from the seed, and the history is checked
+//! after the run.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,30 +12,37 @@ use tessera_core::auth::PasswordHashes;
 use tessera_core::config::Config;
 use tokio::sync::watch;
 
-use crate::client::{Answer, ClientError, SimClient};
-use crate::db::{self, SharedStorage};
-use crate::history::{History, Op, OpKind, Outcome};
+use crate::db::{self, Replication, SharedReplication};
+use crate::engine::{Engine, SharedEngine, SharedTrace};
+use crate::history::{Evidence, History, Outcome};
+use crate::server::{PASSWORD, USER};
 use crate::transport::{TurmoilConnector, TurmoilListener};
+use crate::workload::{Workload, USERS};
 
-/// Which fault the run injects.
+/// Which faults a run injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
     /// No faults: the baseline.
     Calm,
-    /// The proxy loses the database for a while (a silent black hole).
+    /// Links fail: client↔proxy, proxy↔backend or primary↔replica, both
+    /// ways or one way; messages held and released; latency spikes.
     Partition,
-    /// The database host crashes and restarts (committed data survives).
-    DbCrash,
+    /// A primary crashes and restarts (its committed data survives).
+    PrimaryCrash,
     /// The proxy host crashes and restarts.
     ProxyCrash,
+    /// Replicas fall behind: the replication lag jumps, and a replication
+    /// link fails for a while.
+    ReplicaLag,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 5] = [
         Scenario::Calm,
         Scenario::Partition,
-        Scenario::DbCrash,
+        Scenario::PrimaryCrash,
         Scenario::ProxyCrash,
+        Scenario::ReplicaLag,
     ];
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -44,8 +53,9 @@ impl Scenario {
         match self {
             Scenario::Calm => "calm",
             Scenario::Partition => "partition",
-            Scenario::DbCrash => "db-crash",
+            Scenario::PrimaryCrash => "primary-crash",
             Scenario::ProxyCrash => "proxy-crash",
+            Scenario::ReplicaLag => "replica-lag",
         }
     }
 }
@@ -60,6 +70,8 @@ pub struct Report {
     pub disturbed: usize,
     pub violations: Vec<String>,
     pub fingerprint: u64,
+    /// The faults, as applied.
+    pub faults: Vec<String>,
     pub history: History,
 }
 
@@ -74,33 +86,62 @@ impl Report {
     }
 }
 
-const CLIENTS: usize = 3;
-const KEYS_PER_CLIENT: i64 = 3;
+const CLIENTS: usize = 4;
 const OPS_PER_CLIENT: usize = 40;
-/// Every fault has healed by then; clients then verify.
-const HEALED_BY: Duration = Duration::from_secs(12);
+/// Every fault has healed by then (they end by 8 s); clients then verify.
+const HEALED_BY: Duration = Duration::from_secs(11);
+
+const NODES: [(&str, &str); 2] = [("db1", "db1r"), ("db2", "db2r")];
 
 fn proxy_config() -> Config {
-    let h = PasswordHashes::from_password(db::PASSWORD);
+    let h = PasswordHashes::from_password(PASSWORD);
+    let users: String = USERS
+        .iter()
+        .map(|u| {
+            let ryw = if *u == "ryw" {
+                "read_your_writes = \"gtid\"\n"
+            } else {
+                ""
+            };
+            format!(
+                "[[users]]\nname = \"{u}\"\npassword_native = \"{}\"\n{ryw}",
+                h.native_string()
+            )
+        })
+        .collect();
+    let nodes: String = NODES
+        .iter()
+        .enumerate()
+        .map(|(i, (p, r))| {
+            format!(
+                "[[nodes]]\nname = \"node{}\"\nprimary = \"{p}:3306\"\nreplicas = [\"{r}:3306@1\"]\nuser = \"{USER}\"\npassword = \"{PASSWORD}\"\n",
+                i + 1
+            )
+        })
+        .collect();
     let text = format!(
         r#"
 listen = "0.0.0.0:3306"
 backend_read_timeout_ms = 1500
-[[users]]
-name = "{user}"
-password_native = "{native}"
-[node]
-primary = "db:3306"
-user = "{user}"
-password = "{pw}"
+{users}
+{nodes}
+[schema]
+default_node = "node1"
+[[schema.tables]]
+name = "kv"
+key = "k"
+function = "hash"
+locations = [2, 2]
+[[schema.tables]]
+name = "lists"
+key = "k"
+function = "hash"
+locations = [2, 2]
 [pool]
-max_connections = 8
+max_connections = 16
 connect_timeout_ms = 1000
 acquire_timeout_ms = 1000
-"#,
-        user = db::USER,
-        native = h.native_string(),
-        pw = db::PASSWORD
+"#
     );
     Config::from_toml(&text).expect("simulation config")
 }
@@ -122,156 +163,129 @@ async fn proxy_host(seed: u64) -> turmoil::Result {
     Ok(())
 }
 
-fn classify(kind: &OpKind, r: Result<Answer, ClientError>) -> Outcome {
-    match r {
-        Ok(Answer::Ok { .. }) => Outcome::Ok(None),
-        Ok(Answer::Rows(rows)) => {
-            let v = rows
-                .first()
-                .and_then(|r| r.first().cloned().flatten())
-                .and_then(|v| v.parse().ok());
-            Outcome::Ok(v)
-        }
-        // Errors the database itself raises: the statement did not happen.
-        Err(ClientError::Server { code, message }) if code == 1064 || code == 1045 => {
-            Outcome::Fail(format!("{code}: {message}"))
-        }
-        // The proxy lost the backend or timed out: a write may have happened.
-        Err(ClientError::Server { code, message }) => match kind {
-            OpKind::Write { .. } => Outcome::Unknown(format!("{code}: {message}")),
-            OpKind::Read { .. } => Outcome::Fail(format!("{code}: {message}")),
-        },
-        Err(ClientError::Io(e)) => Outcome::Unknown(e),
-    }
+/// One fault: applied at `start`, healed at `end`.
+#[derive(Debug, Clone)]
+struct Fault {
+    start: Duration,
+    end: Duration,
+    kind: FaultKind,
 }
 
-async fn workload(client: usize, seed: u64, history: Arc<Mutex<History>>) -> turmoil::Result {
-    let mut rng = StdRng::seed_from_u64(seed ^ (0x9e37_79b9 * (client as u64 + 1)));
-    let keys: Vec<i64> = (0..KEYS_PER_CLIENT)
-        .map(|k| client as i64 * 100 + k)
-        .collect();
-    let mut conn: Option<SimClient> = None;
-    let mut next_value = client as i64 * 1_000_000;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let op_timeout = Duration::from_secs(4);
-    let run_op = |kind: OpKind, after_heal: bool, conn: &mut Option<SimClient>| {
-        let history = history.clone();
-        let taken = conn.take();
-        async move {
-            let invoked = turmoil::elapsed();
-            let mut c = match taken {
-                Some(c) => c,
-                None => match tokio::time::timeout(
-                    op_timeout,
-                    SimClient::connect("proxy:3306", db::USER, db::PASSWORD),
-                )
-                .await
-                {
-                    Ok(Ok(c)) => c,
-                    Ok(Err(e)) => {
-                        let outcome = match &kind {
-                            OpKind::Write { .. } => Outcome::Fail(format!("connect: {e:?}")),
-                            OpKind::Read { .. } => Outcome::Fail(format!("connect: {e:?}")),
-                        };
-                        record(&history, client, kind, invoked, outcome, after_heal);
-                        return None;
-                    }
-                    Err(_) => {
-                        record(
-                            &history,
-                            client,
-                            kind,
-                            invoked,
-                            Outcome::Fail("connect timeout".into()),
-                            after_heal,
-                        );
-                        return None;
-                    }
-                },
-            };
-            let sql = match &kind {
-                OpKind::Write { key, value } => format!("REPLACE INTO kv VALUES ({key}, {value})"),
-                OpKind::Read { key } => format!("SELECT v FROM kv WHERE k = {key}"),
-            };
-            let r = match tokio::time::timeout(op_timeout, c.query(&sql)).await {
-                Ok(r) => r,
-                Err(_) => Err(ClientError::Io("client timeout".into())),
-            };
-            let keep = r.is_ok();
-            let outcome = classify(&kind, r);
-            record(&history, client, kind, invoked, outcome, after_heal);
-            keep.then_some(c)
-        }
+#[derive(Debug, Clone)]
+enum FaultKind {
+    Partition(String, String),
+    OneWay(String, String),
+    Hold(String, String),
+    Latency(String, String, Duration),
+    Crash(String),
+    Lag(Duration),
+}
+
+/// The faults of a scenario, drawn from the seed.
+fn schedule(scenario: Scenario, rng: &mut StdRng) -> Vec<Fault> {
+    let window = |rng: &mut StdRng| {
+        let start = Duration::from_millis(rng.gen_range(500..5000));
+        let end = start + Duration::from_millis(rng.gen_range(300..3000));
+        (start, end)
     };
-    for _ in 0..OPS_PER_CLIENT {
-        let key = keys[rng.gen_range(0..keys.len())];
-        let kind = if rng.gen_bool(0.5) {
-            next_value += 1;
-            OpKind::Write {
-                key,
-                value: next_value,
+    let node = |rng: &mut StdRng| NODES[rng.gen_range(0..NODES.len())];
+    let mut faults = Vec::new();
+    let count = match scenario {
+        Scenario::Calm => 0,
+        Scenario::Partition => rng.gen_range(1..=3),
+        _ => 1,
+    };
+    for _ in 0..count {
+        let (start, end) = window(rng);
+        let kind = match scenario {
+            Scenario::Calm => unreachable!(),
+            Scenario::Partition => {
+                let (primary, replica) = node(rng);
+                let client = format!("client{}", rng.gen_range(0..CLIENTS));
+                let (a, b) = match rng.gen_range(0..4) {
+                    0 => (client, "proxy".to_string()),
+                    1 => ("proxy".to_string(), primary.to_string()),
+                    2 => ("proxy".to_string(), replica.to_string()),
+                    _ => (primary.to_string(), replica.to_string()),
+                };
+                match rng.gen_range(0..5) {
+                    0 | 1 => FaultKind::Partition(a, b),
+                    2 if rng.gen_bool(0.5) => FaultKind::OneWay(b, a),
+                    2 => FaultKind::OneWay(a, b),
+                    3 => FaultKind::Hold(a, b),
+                    _ => FaultKind::Latency(a, b, Duration::from_millis(rng.gen_range(50..800))),
+                }
             }
-        } else {
-            OpKind::Read { key }
+            Scenario::PrimaryCrash => FaultKind::Crash(node(rng).0.to_string()),
+            Scenario::ProxyCrash => FaultKind::Crash("proxy".into()),
+            Scenario::ReplicaLag => {
+                if rng.gen_bool(0.5) {
+                    FaultKind::Lag(Duration::from_millis(rng.gen_range(500..3000)))
+                } else {
+                    let (p, r) = node(rng);
+                    FaultKind::Partition(p.to_string(), r.to_string())
+                }
+            }
         };
-        conn = run_op(kind, false, &mut conn).await;
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..300))).await;
+        faults.push(Fault { start, end, kind });
     }
-    // After every fault healed, each key must be readable and hold a value
-    // that an acknowledged (or unknown) write put there.
-    let now = turmoil::elapsed();
-    if now < HEALED_BY {
-        tokio::time::sleep(HEALED_BY - now).await;
-    }
-    for key in keys {
-        // A connection left over from a fault may fail once; a fresh one must answer.
-        conn = run_op(OpKind::Read { key }, false, &mut conn).await;
-        conn = run_op(OpKind::Read { key }, true, &mut conn).await;
-    }
-    Ok(())
-}
-
-fn record(
-    history: &Arc<Mutex<History>>,
-    client: usize,
-    kind: OpKind,
-    invoked: Duration,
-    outcome: Outcome,
-    after_heal: bool,
-) {
-    let completed = turmoil::elapsed();
-    if let Ok(mut h) = history.lock() {
-        h.ops.push(Op {
-            client,
-            kind,
-            invoked,
-            completed,
-            outcome,
-            after_heal,
-        });
-    }
+    faults
 }
 
 /// Runs one seed of a scenario and checks its history.
 pub fn run(scenario: Scenario, seed: u64) -> Report {
     let history = Arc::new(Mutex::new(History::default()));
+    let trace = SharedTrace::default();
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .simulation_duration(Duration::from_secs(60))
         .tick_duration(Duration::from_millis(1))
         .build();
-    let storage: SharedStorage = Arc::default();
-    sim.host("db", move || db::serve(storage.clone()));
+    let mut rng = StdRng::seed_from_u64(seed.rotate_left(17) ^ 0xfa17);
+    let replication: SharedReplication = Arc::new(Mutex::new(Replication {
+        lag: Duration::from_millis(rng.gen_range(0..100)),
+        semi_sync: rng.gen_bool(0.3),
+    }));
+    let base_lag = replication.lock().map(|r| r.lag).unwrap_or_default();
+    let mut primaries: Vec<(String, SharedEngine)> = Vec::new();
+    let mut server_id = 0;
+    for (primary, replica) in NODES {
+        server_id += 1;
+        let p: SharedEngine = Arc::new(Mutex::new(Engine::new(primary, server_id, false)));
+        server_id += 1;
+        let r: SharedEngine = Arc::new(Mutex::new(Engine::new(replica, server_id, true)));
+        primaries.push((primary.to_string(), p.clone()));
+        let (t, rep) = (trace.clone(), replication.clone());
+        sim.host(primary, move || {
+            db::serve(p.clone(), t.clone(), rep.clone())
+        });
+        let (t, rep) = (trace.clone(), replication.clone());
+        sim.host(replica, move || {
+            let (r, t, rep) = (r.clone(), t.clone(), rep.clone());
+            async move {
+                tokio::spawn(db::replicate(
+                    format!("{primary}:3306"),
+                    r.clone(),
+                    rep.clone(),
+                ));
+                db::serve(r, t, rep).await
+            }
+        });
+    }
     sim.host("proxy", move || proxy_host(seed));
     for c in 0..CLIENTS {
-        sim.client(format!("client{c}"), workload(c, seed, history.clone()));
+        let w = Workload {
+            client: c,
+            seed,
+            ops: OPS_PER_CLIENT,
+            healed_by: HEALED_BY,
+            history: history.clone(),
+        };
+        sim.client(format!("client{c}"), w.run());
     }
-    // The fault window, drawn from the seed; it always ends before HEALED_BY.
-    let mut rng = StdRng::seed_from_u64(seed.rotate_left(17) ^ 0xfa17);
-    let start = Duration::from_millis(rng.gen_range(500..4000));
-    let end = start + Duration::from_millis(rng.gen_range(500..5000));
-    let mut started = false;
-    let mut ended = false;
+    let faults = schedule(scenario, &mut rng);
+    let mut applied = vec![false; faults.len()];
+    let mut healed = vec![false; faults.len()];
     let mut violations = Vec::new();
     loop {
         match sim.step() {
@@ -283,27 +297,56 @@ pub fn run(scenario: Scenario, seed: u64) -> Report {
             }
         }
         let t = sim.elapsed();
-        if !started && t >= start {
-            started = true;
-            match scenario {
-                Scenario::Calm => {}
-                Scenario::Partition => sim.partition("proxy", "db"),
-                Scenario::DbCrash => sim.crash("db"),
-                Scenario::ProxyCrash => sim.crash("proxy"),
+        for (i, f) in faults.iter().enumerate() {
+            if !applied[i] && t >= f.start {
+                applied[i] = true;
+                match &f.kind {
+                    FaultKind::Partition(a, b) => sim.partition(a.as_str(), b.as_str()),
+                    FaultKind::OneWay(a, b) => sim.partition_oneway(a.as_str(), b.as_str()),
+                    FaultKind::Hold(a, b) => sim.hold(a.as_str(), b.as_str()),
+                    FaultKind::Latency(a, b, d) => sim.set_link_latency(a.as_str(), b.as_str(), *d),
+                    FaultKind::Crash(h) => sim.crash(h.as_str()),
+                    FaultKind::Lag(d) => {
+                        if let Ok(mut r) = replication.lock() {
+                            r.lag = *d;
+                        }
+                    }
+                }
             }
-        }
-        if started && !ended && t >= end {
-            ended = true;
-            match scenario {
-                Scenario::Calm => {}
-                Scenario::Partition => sim.repair("proxy", "db"),
-                Scenario::DbCrash => sim.bounce("db"),
-                Scenario::ProxyCrash => sim.bounce("proxy"),
+            if applied[i] && !healed[i] && t >= f.end {
+                healed[i] = true;
+                match &f.kind {
+                    FaultKind::Partition(a, b) => sim.repair(a.as_str(), b.as_str()),
+                    FaultKind::OneWay(a, b) => sim.repair_oneway(a.as_str(), b.as_str()),
+                    FaultKind::Hold(a, b) => sim.release(a.as_str(), b.as_str()),
+                    FaultKind::Latency(a, b, _) => {
+                        sim.set_link_latency(a.as_str(), b.as_str(), Duration::ZERO)
+                    }
+                    FaultKind::Crash(h) => sim.bounce(h.as_str()),
+                    FaultKind::Lag(_) => {
+                        if let Ok(mut r) = replication.lock() {
+                            r.lag = base_lag;
+                        }
+                    }
+                }
             }
         }
     }
     let history = history.lock().map(|h| h.clone()).unwrap_or_default();
-    violations.extend(history.check());
+    let evidence = Evidence {
+        primaries: primaries
+            .iter()
+            .map(|(h, e)| {
+                let binlog = e
+                    .lock()
+                    .map(|e| e.storage.binlog.clone())
+                    .unwrap_or_default();
+                (h.clone(), binlog)
+            })
+            .collect(),
+        executed: trace.lock().map(|t| t.executed.clone()).unwrap_or_default(),
+    };
+    violations.extend(history.check(&evidence));
     Report {
         scenario,
         seed,
@@ -314,7 +357,8 @@ pub fn run(scenario: Scenario, seed: u64) -> Report {
             .filter(|o| !matches!(o.outcome, Outcome::Ok(_)))
             .count(),
         violations,
-        fingerprint: history.fingerprint(),
+        fingerprint: history.fingerprint(&evidence),
+        faults: faults.iter().map(|f| format!("{f:?}")).collect(),
         history,
     }
 }

@@ -47,13 +47,18 @@ fn partition_between_proxy_and_database() {
 }
 
 #[test]
-fn database_crash_and_restart() {
-    check(Scenario::DbCrash);
+fn primary_crash_and_restart() {
+    check(Scenario::PrimaryCrash);
 }
 
 #[test]
 fn proxy_crash_and_restart() {
     check(Scenario::ProxyCrash);
+}
+
+#[test]
+fn replica_lag() {
+    check(Scenario::ReplicaLag);
 }
 
 /// Replays happen in a fresh process (as `TESSERA_SIM_SEED=<seed>` does):
@@ -75,7 +80,13 @@ fn the_same_seed_replays_the_same_history() {
             .map(str::to_string)
             .expect("a fingerprint line")
     };
-    for scenario in ["calm", "partition", "db-crash", "proxy-crash"] {
+    for scenario in [
+        "calm",
+        "partition",
+        "primary-crash",
+        "proxy-crash",
+        "replica-lag",
+    ] {
         assert_eq!(
             fingerprint(scenario),
             fingerprint(scenario),

@@ -1,0 +1,340 @@
+//! The server side of one simulated MySQL connection, sans I/O: bytes in,
+//! bytes out, one command at a time. The turmoil host ([`crate::db`]) and the
+//! tier-1 driver ([`crate::tier1`]) both run it.
+//!
+//! It speaks what Tessera sends a backend: the login (native password),
+//! COM_QUERY, COM_PING, COM_INIT_DB, COM_RESET_CONNECTION, COM_SET_OPTION and
+//! COM_QUIT; and one statement of its own for replicas,
+//! `SIM BINLOG AFTER <seq>`, which returns the primary's later commits (and
+//! counts as the replica's acknowledgement for semi-synchronous commits).
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use mysql_common::constants::ColumnType;
+use mysql_common::io::ParseBuf;
+use mysql_common::packets::{Column, HandshakePacket, HandshakeResponse};
+use mysql_common::proto::MySerialize;
+use tessera_core::auth::PasswordHashes;
+use tessera_core::protocol::{
+    self, cmd, encode_text_result, eof_payload, err_payload, ok_payload, CapabilityFlags,
+    FrameReader, StatusFlags,
+};
+
+use crate::engine::{Commit, ConnState, Engine, Reply, SharedTrace, Tag, LOCK_WAIT};
+
+pub const USER: &str = "app";
+pub const PASSWORD: &str = "pw";
+
+const NONCE: [u8; 20] = *b"simulated-nonce-1234";
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    Login,
+    Command,
+    Closed,
+}
+
+/// What one step produced.
+#[derive(Debug, Default)]
+pub struct Step {
+    pub out: Vec<u8>,
+    /// The step committed this binlog position (semi-sync waits for it).
+    pub committed: Option<u64>,
+}
+
+pub struct ServerConn {
+    pub state: ConnState,
+    phase: Phase,
+    frames: FrameReader,
+    inbuf: BytesMut,
+    deprecate_eof: bool,
+    session_track: bool,
+    /// A statement waiting for a row lock, and since when.
+    blocked: Option<(String, Duration)>,
+}
+
+impl ServerConn {
+    /// A new connection and its greeting.
+    pub fn new(engine: &mut Engine) -> (Self, Vec<u8>) {
+        let id = engine.next_conn_id();
+        let caps = protocol::server_capabilities();
+        let scramble_2 = [&NONCE[8..], &[0u8][..]].concat();
+        let hs = HandshakePacket::new(
+            10,
+            &b"5.5.5-10.11.0-SimDB"[..],
+            id,
+            NONCE[..8].try_into().expect("8 bytes"),
+            Some(&scramble_2[..]),
+            caps,
+            45,
+            StatusFlags::SERVER_STATUS_AUTOCOMMIT,
+            Some(&b"mysql_native_password"[..]),
+        );
+        let mut payload = Vec::new();
+        hs.serialize(&mut payload);
+        let conn = ServerConn {
+            state: ConnState::new(id),
+            phase: Phase::Login,
+            frames: FrameReader::new(16 << 20),
+            inbuf: BytesMut::new(),
+            deprecate_eof: false,
+            session_track: false,
+            blocked: None,
+        };
+        (conn, framed(0, &payload))
+    }
+
+    pub fn receive(&mut self, data: &[u8]) {
+        self.inbuf.extend_from_slice(data);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    pub fn is_blocked(&self) -> bool {
+        self.blocked.is_some()
+    }
+
+    /// The connection is gone: its transaction rolls back, its locks go.
+    pub fn close(&mut self, engine: &mut Engine) {
+        self.state.reset(engine);
+        self.phase = Phase::Closed;
+    }
+
+    /// Handles at most one command (or retries a blocked one). `None` when
+    /// there is nothing to do until more bytes arrive or time passes.
+    pub fn step(
+        &mut self,
+        engine: &mut Engine,
+        trace: &SharedTrace,
+        now: Duration,
+    ) -> Option<Step> {
+        if self.phase == Phase::Closed {
+            return None;
+        }
+        if let Some((sql, since)) = self.blocked.take() {
+            return match self.state.execute(engine, trace, &sql) {
+                Reply::Blocked if now.saturating_sub(since) < LOCK_WAIT => {
+                    self.blocked = Some((sql, since));
+                    None
+                }
+                Reply::Blocked => Some(self.reply(Reply::Err {
+                    code: 1205,
+                    message: "Lock wait timeout exceeded; try restarting transaction".into(),
+                })),
+                r => Some(self.reply(r)),
+            };
+        }
+        let pkt = match self.frames.next_packet(&mut self.inbuf) {
+            Ok(Some(p)) => p,
+            Ok(None) => return None,
+            Err(_) => {
+                self.close(engine);
+                return Some(Step::default());
+            }
+        };
+        if self.phase == Phase::Login {
+            return Some(self.login(engine, &pkt.payload));
+        }
+        self.frames.expect_seq(Some(0));
+        let status = self.status();
+        let ok = |seq| framed(seq, &ok_payload(0, 0, 0, status, 0));
+        let step = |out| {
+            Some(Step {
+                out,
+                committed: None,
+            })
+        };
+        match pkt.payload.first().copied() {
+            Some(cmd::QUIT) | None => {
+                self.close(engine);
+                Some(Step::default())
+            }
+            Some(cmd::QUERY) => {
+                let sql = String::from_utf8_lossy(&pkt.payload[1..]).into_owned();
+                if let Some(after) = replication_request(&sql) {
+                    engine.replica_ack = engine.replica_ack.max(after);
+                    let rows = engine.storage.binlog_after(after);
+                    return step(self.binlog_rows(&rows));
+                }
+                match self.state.execute(engine, trace, &sql) {
+                    Reply::Blocked => {
+                        self.blocked = Some((sql, now));
+                        None
+                    }
+                    r => Some(self.reply(r)),
+                }
+            }
+            Some(cmd::RESET_CONNECTION) => {
+                self.state.reset(engine);
+                let status = self.status();
+                step(framed(1, &ok_payload(0, 0, 0, status, 0)))
+            }
+            Some(cmd::PING) | Some(cmd::INIT_DB) => step(ok(1)),
+            Some(cmd::SET_OPTION) => {
+                let p = if self.deprecate_eof {
+                    ok_payload(0xfe, 0, 0, status, 0)
+                } else {
+                    eof_payload(0, status)
+                };
+                step(framed(1, &p))
+            }
+            Some(other) => step(framed(
+                1,
+                &err_payload(1047, "08S01", &format!("Unknown command {other}")),
+            )),
+        }
+    }
+
+    fn login(&mut self, engine: &mut Engine, payload: &[u8]) -> Step {
+        let parsed: Option<HandshakeResponse<'_>> = ParseBuf(payload).parse(()).ok();
+        let Some(hr) = parsed else {
+            self.close(engine);
+            return Step::default();
+        };
+        let ok = hr.user() == USER.as_bytes()
+            && PasswordHashes::from_password(PASSWORD).verify_native(&NONCE, hr.scramble_buf());
+        if !ok {
+            self.close(engine);
+            return Step {
+                out: framed(2, &err_payload(1045, "28000", "Access denied")),
+                committed: None,
+            };
+        }
+        let caps = hr.capabilities();
+        self.deprecate_eof = caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF);
+        self.session_track = caps.contains(CapabilityFlags::CLIENT_SESSION_TRACK);
+        self.phase = Phase::Command;
+        Step {
+            out: framed(2, &ok_payload(0, 0, 0, self.status(), 0)),
+            committed: None,
+        }
+    }
+
+    fn status(&self) -> StatusFlags {
+        let mut s = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
+        if self.state.in_tx() {
+            s |= StatusFlags::SERVER_STATUS_IN_TRANS;
+        }
+        s
+    }
+
+    fn reply(&mut self, reply: Reply) -> Step {
+        match reply {
+            Reply::Ok {
+                affected,
+                gtid,
+                seq,
+            } => {
+                let mut status = self.status();
+                let track = gtid.filter(|_| self.session_track && self.state.tracking);
+                if track.is_some() {
+                    status |= StatusFlags::SERVER_SESSION_STATE_CHANGED;
+                }
+                let mut p = ok_payload(0, affected, 0, status, 0);
+                if let Some(g) = track {
+                    // info (empty), then the state-change block: `last_gtid`.
+                    protocol::put_lenenc_str(&mut p, b"");
+                    let mut var = Vec::new();
+                    protocol::put_lenenc_str(&mut var, b"last_gtid");
+                    protocol::put_lenenc_str(&mut var, g.as_bytes());
+                    let mut block = vec![0x00];
+                    protocol::put_lenenc_str(&mut block, &var);
+                    protocol::put_lenenc_str(&mut p, &block);
+                }
+                Step {
+                    out: framed(1, &p),
+                    committed: seq,
+                }
+            }
+            Reply::Err { code, message } => Step {
+                out: framed(1, &err_payload(code, "HY000", &message)),
+                committed: None,
+            },
+            Reply::Rows { columns, rows } => Step {
+                out: self.rows(&columns, &rows),
+                committed: None,
+            },
+            Reply::Blocked => unreachable!("blocked replies are kept, not sent"),
+        }
+    }
+
+    fn rows(&self, columns: &[String], rows: &[Vec<Option<String>>]) -> Vec<u8> {
+        let cols: Vec<Column> = columns
+            .iter()
+            .map(|n| Column::new(ColumnType::MYSQL_TYPE_VAR_STRING).with_name(n.as_bytes()))
+            .collect();
+        let cells: Vec<Vec<Option<&[u8]>>> = rows
+            .iter()
+            .map(|r| r.iter().map(|c| c.as_deref().map(str::as_bytes)).collect())
+            .collect();
+        encode_text_result(&cols, &cells, self.deprecate_eof, self.status()).to_vec()
+    }
+
+    fn binlog_rows(&self, commits: &[Commit]) -> Vec<u8> {
+        let columns: Vec<String> = ["server_id", "seq", "session", "op", "tbl", "k", "v"]
+            .map(String::from)
+            .to_vec();
+        let mut rows = Vec::new();
+        for c in commits {
+            for ch in &c.changes {
+                rows.push(vec![
+                    Some(c.server_id.to_string()),
+                    Some(c.seq.to_string()),
+                    c.tag.as_ref().map(|t| t.session.clone()),
+                    c.tag.as_ref().map(|t| t.op.to_string()),
+                    Some(ch.table.clone()),
+                    Some(ch.key.to_string()),
+                    ch.value.clone(),
+                ]);
+            }
+        }
+        self.rows(&columns, &rows)
+    }
+}
+
+fn replication_request(sql: &str) -> Option<u64> {
+    sql.strip_prefix("SIM BINLOG AFTER ")?.trim().parse().ok()
+}
+
+/// The statement a replica sends to fetch commits after `seq`.
+pub fn replication_query(seq: u64) -> String {
+    format!("SIM BINLOG AFTER {seq}")
+}
+
+/// Commits back from the rows of [`replication_query`]'s answer.
+pub fn commits_from_rows(rows: &[Vec<Option<String>>]) -> Option<Vec<Commit>> {
+    let mut out: Vec<Commit> = Vec::new();
+    for r in rows {
+        let num = |i: usize| r.get(i)?.as_deref()?.parse::<u64>().ok();
+        let server_id = num(0)? as u32;
+        let seq = num(1)?;
+        let tag = match (r.get(2)?.clone(), num(3)) {
+            (Some(session), Some(op)) => Some(Tag { session, op }),
+            _ => None,
+        };
+        let change = crate::engine::Change {
+            table: r.get(4)?.clone()?,
+            key: r.get(5)?.as_deref()?.parse().ok()?,
+            value: r.get(6)?.clone(),
+        };
+        match out.last_mut() {
+            Some(c) if c.seq == seq && c.server_id == server_id => c.changes.push(change),
+            _ => out.push(Commit {
+                server_id,
+                seq,
+                tag,
+                changes: vec![change],
+            }),
+        }
+    }
+    Some(out)
+}
+
+fn framed(seq: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    protocol::write_packet(&mut out, seq, payload);
+    out.to_vec()
+}
