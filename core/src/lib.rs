@@ -7,6 +7,7 @@ pub mod backend;
 pub mod config;
 pub mod gtid;
 pub mod merge;
+pub mod mutants;
 pub mod prepared;
 pub mod protocol;
 pub mod router;

@@ -23,6 +23,7 @@ use crate::backend::{BackendMeta, Interest, ResponseKind, ResponseScanner, Step}
 use crate::config::{ReadYourWrites, User};
 use crate::gtid::GtidPos;
 use crate::merge;
+use crate::mutants::{self, Mutant};
 use crate::protocol::{
     self, cmd, code, err_payload, ok_payload, sql_state_for, FrameError, FrameReader, Packet,
 };
@@ -1682,11 +1683,17 @@ impl Session {
     /// target (see [`Session::read_backend`]).
     fn pick(&self, node: usize, access: Access, now: Instant) -> Result<BackendId, String> {
         let t = &self.router().topology;
-        if let Some(tx) = self.tx_backend {
+        let tx_backend = self
+            .tx_backend
+            .filter(|_| !mutants::active(Mutant::TxStatementEscapes));
+        if let Some(tx) = tx_backend {
             if t.backend(tx).node != node {
                 return Err(self.cross_node_message(t.primary(node), tx));
             }
             return Ok(tx);
+        }
+        if access == Access::Write && mutants::active(Mutant::WriteToReplica) {
+            return Ok(t.read_target(node));
         }
         if access == Access::Write || self.pending_begin.is_some() || self.autocommit_off() {
             return Ok(t.primary(node));
@@ -2569,6 +2576,13 @@ impl Session {
                             buf.advance(total);
                             pass = 0;
                             self.out.push_back(Output::ToClient(frame(seq, &payload)));
+                        }
+                        Interest::Err if mutants::active(Mutant::ErrorAsSuccess) => {
+                            let ok = ok_payload(0, 0, 0, self.status_flags(), 0);
+                            self.flush(buf, pass);
+                            buf.advance(total);
+                            pass = 0;
+                            self.out.push_back(Output::ToClient(frame(seq, &ok)));
                         }
                         Interest::Err => {
                             if let Some(e) = protocol::parse_err(&buf[payload_range]) {

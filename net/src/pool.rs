@@ -359,6 +359,12 @@ impl<C: Connector> Pool<C> {
         if !reusable || !conn.buf.is_empty() {
             return; // dropped: closed, permit freed
         }
+        if tessera_core::mutants::active(tessera_core::mutants::Mutant::PoolSkipsReset) {
+            if let Ok(mut idle) = self.inner.idle.lock() {
+                idle.conns.push(conn);
+            }
+            return;
+        }
         let pool = self.clone();
         tokio::spawn(async move {
             let addr = pool.inner.addr.clone();

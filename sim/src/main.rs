@@ -4,17 +4,30 @@
 
 use std::time::Instant;
 
-use tessera_sim::{run, Scenario};
+use tessera_core::mutants::Mutant;
+use tessera_sim::scenario::run_with_mutant;
+use tessera_sim::Scenario;
 
 fn main() {
     let mut seeds = 100u64;
     let mut scenarios: Vec<Scenario> = Scenario::ALL.to_vec();
     let mut verbose = false;
+    let mut mutant: Option<Mutant> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--seeds" => seeds = args.next().and_then(|v| v.parse().ok()).unwrap_or(seeds),
             "--verbose" => verbose = true,
+            "--mutant" => {
+                let name = args.next().unwrap_or_default();
+                match Mutant::ALL.into_iter().find(|m| format!("{m:?}") == name) {
+                    Some(m) => mutant = Some(m),
+                    None => {
+                        eprintln!("unknown mutant `{name}`: {:?}", Mutant::ALL);
+                        std::process::exit(2);
+                    }
+                }
+            }
             "--scenario" => {
                 let name = args.next().unwrap_or_default();
                 match Scenario::parse(&name) {
@@ -27,7 +40,7 @@ fn main() {
                 }
             }
             _ => {
-                eprintln!("usage: tessera-sim [--seeds N] [--scenario NAME|all] [--verbose]");
+                eprintln!("usage: tessera-sim [--seeds N] [--scenario NAME|all] [--verbose] [--mutant NAME]");
                 std::process::exit(2);
             }
         }
@@ -42,7 +55,7 @@ fn main() {
         let mut ops = 0;
         let mut disturbed = 0;
         for seed in first..first + seeds {
-            let report = run(scenario, seed);
+            let report = run_with_mutant(scenario, seed, mutant);
             ops += report.ops;
             disturbed += report.disturbed;
             if std::env::var_os("TESSERA_SIM_PRINT_FINGERPRINT").is_some() {

@@ -10,6 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tessera_core::auth::PasswordHashes;
 use tessera_core::config::Config;
+use tessera_core::mutants::{self, Mutant};
 use tokio::sync::watch;
 
 use crate::db::{self, Replication, SharedReplication};
@@ -234,6 +235,31 @@ fn schedule(scenario: Scenario, rng: &mut StdRng) -> Vec<Fault> {
 
 /// Runs one seed of a scenario and checks its history.
 pub fn run(scenario: Scenario, seed: u64) -> Report {
+    run_with_mutant(scenario, seed, None)
+}
+
+/// As [`run`], with a planted bug switched on for the run (see
+/// `tessera_core::mutants`).
+pub fn run_with_mutant(scenario: Scenario, seed: u64, mutant: Option<Mutant>) -> Report {
+    mutants::set(mutant);
+    let report = run_inner(scenario, seed);
+    mutants::set(None);
+    report
+}
+
+/// The first seed (from `first`, at most `max_seeds` of them) whose run
+/// catches `mutant`, and how many seeds that took.
+pub fn hunt(mutant: Mutant, scenario: Scenario, first: u64, max_seeds: u64) -> Option<(u64, u64)> {
+    (first..first + max_seeds)
+        .find(|seed| {
+            !run_with_mutant(scenario, *seed, Some(mutant))
+                .violations
+                .is_empty()
+        })
+        .map(|seed| (seed, seed - first + 1))
+}
+
+fn run_inner(scenario: Scenario, seed: u64) -> Report {
     let history = Arc::new(Mutex::new(History::default()));
     let trace = SharedTrace::default();
     let mut sim = turmoil::Builder::new()
