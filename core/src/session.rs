@@ -280,6 +280,11 @@ pub struct Session {
     last_backend: Option<BackendId>,
     /// The backend holding the open transaction.
     tx_backend: Option<BackendId>,
+    /// The transaction's connection broke while the client was between
+    /// statements: its next command is refused with this message and the
+    /// connection closed, so no statement of the lost transaction runs
+    /// outside it and no COMMIT is acknowledged for it.
+    tx_lost: Option<String>,
     /// A BEGIN the client sent, held until its first statement picks a node.
     pending_begin: Option<Bytes>,
     /// The client command held while a backend is attached or restored.
@@ -365,6 +370,7 @@ impl Session {
             active: BackendId(0),
             last_backend: None,
             tx_backend: None,
+            tx_lost: None,
             pending_begin: None,
             pending: None,
             pending_tables: Vec::new(),
@@ -657,6 +663,16 @@ impl Session {
         if was_in_tx {
             self.tx_backend = None;
             self.in_transaction = false;
+        }
+        let answering_here = backend == self.active
+            && matches!(
+                self.phase,
+                Phase::Command(Busy::Forwarding { .. } | Busy::Restoring { .. })
+            );
+        if was_in_tx && !answering_here && !matches!(self.phase, Phase::Command(Busy::Scatter(_))) {
+            self.tx_lost = Some(format!(
+                "Lost connection to backend while a transaction was open ({reason}); the transaction was rolled back. Reconnect and run it again"
+            ));
         }
         if matches!(self.phase, Phase::Command(Busy::Scatter(_))) {
             let tx = if was_in_tx {
@@ -1115,6 +1131,12 @@ impl Session {
         };
         if self.ctx.record_statements {
             self.current_sql = Some(self.describe(&pkt));
+        }
+        if let Some(msg) = self.tx_lost.take() {
+            if command != cmd::QUIT {
+                self.close_with(1, code::ER_CONNECT_TO_BACKEND, &msg);
+                return;
+            }
         }
         match command {
             cmd::QUIT => {
@@ -2965,6 +2987,42 @@ mod tests {
         let got = feed_backend(&mut s, now, &wire, &[3, 7, 1, 50]);
         assert_eq!(got, wire.to_vec());
         assert!(s.is_idle());
+    }
+
+    /// Found by the tier-1 simulation (`TESSERA_SIM_SEED=7 cargo run -p
+    /// tessera-sim -- --tier 1 --seeds 1`): the transaction's connection
+    /// broke while the client was between statements, and the rest of the
+    /// transaction ran in autocommit on a new connection, its COMMIT
+    /// acknowledged. Now the next command is refused and the connection
+    /// closed.
+    #[test]
+    fn a_transaction_whose_connection_broke_between_statements_is_not_continued() {
+        let now = Instant::now();
+        let mut s = logged_in(now, client_caps(), 1 << 20);
+        s.handle_client_data(now, &mut framed(0, b"\x03BEGIN"));
+        drain(&mut s);
+        s.handle_client_data(now, &mut framed(0, b"\x03UPDATE t SET v = 1"));
+        drain(&mut s);
+        let mut sent = attach_and_restore(&mut s, now, client_caps());
+        let in_tx = StatusFlags::SERVER_STATUS_AUTOCOMMIT | StatusFlags::SERVER_STATUS_IN_TRANS;
+        let ok = || BytesMut::from(&frame(1, &ok_payload(0, 1, 0, in_tx, 0))[..]);
+        if sent.ends_with(b"BEGIN") {
+            // The BEGIN the session held back goes first.
+            s.handle_backend_data(now, testing::PRIMARY, &mut ok());
+            sent = drain(&mut s).to_backend;
+        }
+        assert!(sent.ends_with(b"UPDATE t SET v = 1"));
+        s.handle_backend_data(now, testing::PRIMARY, &mut ok());
+        let d = drain(&mut s);
+        assert_eq!(d.to_client.get(4), Some(&0));
+        s.handle_backend_closed(now, testing::PRIMARY, "test");
+        assert!(drain(&mut s).to_client.is_empty(), "nothing unasked for");
+        s.handle_client_data(now, &mut framed(0, b"\x03COMMIT"));
+        let d = drain(&mut s);
+        assert!(!d.acquire, "nothing of the lost transaction runs elsewhere");
+        assert_eq!(d.to_client.get(4), Some(&0xff));
+        assert_eq!(u16::from_le_bytes([d.to_client[5], d.to_client[6]]), 2013);
+        assert!(d.closed);
     }
 
     /// A session whose prepared statement is being re-prepared on a new

@@ -65,46 +65,75 @@ impl SimClient {
             .write_all(&backend::query_request(sql))
             .await
             .map_err(|e| ClientError::Io(e.to_string()))?;
-        let first = read_packet(&mut self.stream, &mut self.buf).await?;
-        match first.payload.first() {
-            Some(0x00) => {
-                let ok =
-                    protocol::parse_ok(&first.payload).ok_or(ClientError::Io("bad OK".into()))?;
-                Ok(Answer::Ok {
-                    affected: ok.affected_rows,
-                })
+        let mut reader = AnswerReader::default();
+        loop {
+            let p = read_packet(&mut self.stream, &mut self.buf).await?;
+            if let Some(answer) = reader.packet(&p) {
+                return answer;
             }
-            Some(0xff) => Err(server_error(&first)),
-            _ => {
-                let mut b = &first.payload[..];
-                let n = protocol::read_lenenc_int(&mut b)
-                    .ok_or(ClientError::Io("bad column count".into()))?;
-                for _ in 0..n {
-                    read_packet(&mut self.stream, &mut self.buf).await?;
-                }
-                let mut rows = Vec::new();
-                loop {
-                    let p = read_packet(&mut self.stream, &mut self.buf).await?;
-                    match p.payload.first() {
-                        Some(0xff) => return Err(server_error(&p)),
-                        Some(0xfe) if p.payload.len() < 0xff_ffff => return Ok(Answer::Rows(rows)),
-                        _ => {
-                            let mut b = &p.payload[..];
-                            let mut row = Vec::new();
-                            for _ in 0..n {
-                                if b.first() == Some(&0xfb) {
-                                    b = &b[1..];
-                                    row.push(None);
-                                } else {
-                                    let v = protocol::read_lenenc_str(&mut b)
-                                        .ok_or(ClientError::Io("bad row".into()))?;
-                                    row.push(Some(String::from_utf8_lossy(v).into_owned()));
-                                }
-                            }
-                            rows.push(row);
+        }
+    }
+}
+
+/// Reads one text-protocol answer packet by packet, sans I/O (the client
+/// of both simulation tiers). Expects `CLIENT_DEPRECATE_EOF`.
+#[derive(Debug, Default)]
+pub struct AnswerReader {
+    /// Columns announced, and column definitions still to come.
+    columns: Option<(u64, u64)>,
+    rows: Vec<Vec<Option<String>>>,
+}
+
+impl AnswerReader {
+    /// Takes the next packet; the answer once it is complete.
+    pub fn packet(&mut self, p: &Packet) -> Option<Result<Answer, ClientError>> {
+        let malformed = |what: &str| Some(Err(ClientError::Io(format!("malformed {what}"))));
+        let Some((n, defs_left)) = self.columns else {
+            return match p.payload.first() {
+                Some(0x00) => match protocol::parse_ok(&p.payload) {
+                    Some(ok) => Some(Ok(Answer::Ok {
+                        affected: ok.affected_rows,
+                    })),
+                    None => malformed("OK"),
+                },
+                Some(0xff) => Some(Err(server_error(p))),
+                _ => {
+                    let mut b = &p.payload[..];
+                    match protocol::read_lenenc_int(&mut b) {
+                        Some(n) if n > 0 => {
+                            self.columns = Some((n, n));
+                            None
                         }
+                        _ => malformed("column count"),
                     }
                 }
+            };
+        };
+        if defs_left > 0 {
+            self.columns = Some((n, defs_left - 1));
+            return None;
+        }
+        match p.payload.first() {
+            Some(0xff) => Some(Err(server_error(p))),
+            Some(0xfe) if p.payload.len() < 0xff_ffff => {
+                Some(Ok(Answer::Rows(std::mem::take(&mut self.rows))))
+            }
+            _ => {
+                let mut b = &p.payload[..];
+                let mut row = Vec::new();
+                for _ in 0..n {
+                    if b.first() == Some(&0xfb) {
+                        b = &b[1..];
+                        row.push(None);
+                    } else {
+                        let Some(v) = protocol::read_lenenc_str(&mut b) else {
+                            return malformed("row");
+                        };
+                        row.push(Some(String::from_utf8_lossy(v).into_owned()));
+                    }
+                }
+                self.rows.push(row);
+                None
             }
         }
     }

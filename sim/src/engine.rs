@@ -581,6 +581,10 @@ impl ConnState {
             .or_else(|| self.tx.as_ref().and_then(|t| t.owner.clone()));
         let in_tx_before = self.tx.is_some();
         let reply = self.run(engine, &toks, tag.as_ref(), sql);
+        if self.tx.is_none() {
+            // An autocommit statement's row locks end with it, error or not.
+            engine.release_locks(self.id);
+        }
         if let (Some(tag), false) = (tag, reply == Reply::Blocked) {
             // A statement of the owning session itself is fine.
             let owner = owner_before.filter(|o| *o != tag.session);

@@ -117,6 +117,10 @@ pub fn logical_table(name: &str) -> &str {
     }
 }
 
+/// An acknowledged write: when it completed, its session, and the index of
+/// its version among the key's versions.
+type Acked<'a> = (Duration, &'a str, usize);
+
 #[derive(Debug, Clone)]
 struct Version {
     value: Option<String>,
@@ -166,19 +170,18 @@ impl History {
                 ));
             }
         }
-        if let Some(counters) = Some(&versions) {
-            for ((table, key), vs) in counters.iter().filter(|((t, _), _)| t == "counters") {
-                for (i, ver) in vs.iter().enumerate() {
-                    let want = (i + 1).to_string();
-                    if ver.value.as_deref() != Some(want.as_str()) {
-                        v.push(format!(
-                            "lost update: {table} key {key} version {} is {:?} (op {:?}), expected {want}",
-                            i + 1,
-                            ver.value,
-                            ver.op
-                        ));
-                        break;
-                    }
+        // Counters: each increment adds one, so versions go 1, 2, 3, …
+        for ((table, key), vs) in versions.iter().filter(|((t, _), _)| t == "counters") {
+            for (i, ver) in vs.iter().enumerate() {
+                let want = (i + 1).to_string();
+                if ver.value.as_deref() != Some(want.as_str()) {
+                    v.push(format!(
+                        "lost update: {table} key {key} version {} is {:?} (op {:?}), expected {want}",
+                        i + 1,
+                        ver.value,
+                        ver.op
+                    ));
+                    break;
                 }
             }
         }
@@ -207,8 +210,8 @@ impl History {
                 _ => {}
             }
         }
-        // Acknowledged writes per (table, key): (completed, session, version index).
-        let mut acked: BTreeMap<(String, i64), Vec<(Duration, &str, usize)>> = BTreeMap::new();
+        // Acknowledged writes per (table, key).
+        let mut acked: BTreeMap<(String, i64), Vec<Acked>> = BTreeMap::new();
         for op in &self.ops {
             if !matches!(op.outcome, Outcome::Ok(_)) {
                 continue;

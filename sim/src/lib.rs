@@ -18,6 +18,7 @@ pub mod engine;
 pub mod history;
 pub mod scenario;
 pub mod server;
+pub mod tier1;
 pub mod transport;
 pub mod workload;
 

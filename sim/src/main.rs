@@ -12,12 +12,14 @@ fn main() {
     let mut seeds = 100u64;
     let mut scenarios: Vec<Scenario> = Scenario::ALL.to_vec();
     let mut verbose = false;
+    let mut tier1 = false;
     let mut mutant: Option<Mutant> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--seeds" => seeds = args.next().and_then(|v| v.parse().ok()).unwrap_or(seeds),
             "--verbose" => verbose = true,
+            "--tier" => tier1 = args.next().as_deref() == Some("1"),
             "--mutant" => {
                 let name = args.next().unwrap_or_default();
                 match Mutant::ALL.into_iter().find(|m| format!("{m:?}") == name) {
@@ -40,7 +42,7 @@ fn main() {
                 }
             }
             _ => {
-                eprintln!("usage: tessera-sim [--seeds N] [--scenario NAME|all] [--verbose] [--mutant NAME]");
+                eprintln!("usage: tessera-sim [--seeds N] [--scenario NAME|all] [--tier 1] [--verbose] [--mutant NAME]");
                 std::process::exit(2);
             }
         }
@@ -49,6 +51,26 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
+    if tier1 {
+        let started = Instant::now();
+        let failing = tessera_sim::tier1::campaign(first, seeds, mutant);
+        let secs = started.elapsed().as_secs_f64();
+        for r in &failing {
+            println!(
+                "FAIL tier 1 seed {}: replay with `TESSERA_SIM_SEED={} cargo run -p tessera-sim --release -- --tier 1 --seeds 1`",
+                r.seed, r.seed
+            );
+            for v in r.violations.iter().take(8) {
+                println!("    {v}");
+            }
+        }
+        println!(
+            "tier 1: {seeds} seeds, {:.0} seeds/s, {} failing",
+            seeds as f64 / secs,
+            failing.len()
+        );
+        std::process::exit(if failing.is_empty() { 0 } else { 1 });
+    }
     let mut failures = 0;
     for scenario in scenarios {
         let started = Instant::now();

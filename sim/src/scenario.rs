@@ -94,7 +94,9 @@ const HEALED_BY: Duration = Duration::from_secs(11);
 
 const NODES: [(&str, &str); 2] = [("db1", "db1r"), ("db2", "db2r")];
 
-fn proxy_config() -> Config {
+/// The proxy's configuration in both tiers: two nodes of a primary and a
+/// replica, `kv` and `lists` sharded over them, `counters` unsharded.
+pub fn proxy_config_text() -> String {
     let h = PasswordHashes::from_password(PASSWORD);
     let users: String = USERS
         .iter()
@@ -120,7 +122,7 @@ fn proxy_config() -> Config {
             )
         })
         .collect();
-    let text = format!(
+    format!(
         r#"
 listen = "0.0.0.0:3306"
 backend_read_timeout_ms = 1500
@@ -143,8 +145,11 @@ max_connections = 16
 connect_timeout_ms = 1000
 acquire_timeout_ms = 1000
 "#
-    );
-    Config::from_toml(&text).expect("simulation config")
+    )
+}
+
+fn proxy_config() -> Config {
+    Config::from_toml(&proxy_config_text()).expect("simulation config")
 }
 
 async fn proxy_host(seed: u64) -> turmoil::Result {

@@ -57,7 +57,9 @@ struct Runner {
 
 const OP_TIMEOUT: Duration = Duration::from_secs(4);
 
-enum Step {
+/// A statement's result, as an operation sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StmtResult {
     Ok(Answer),
     /// Surely not applied.
     Failed(String),
@@ -89,9 +91,9 @@ impl Runner {
     }
 
     /// Sends one statement, tagged; a broken answer drops the connection.
-    async fn statement(&mut self, op: u64, sql: &str) -> Step {
+    async fn statement(&mut self, op: u64, sql: &str) -> StmtResult {
         let Some(conn) = self.conn.as_mut() else {
-            return Step::Broken("no connection".into());
+            return StmtResult::Broken("no connection".into());
         };
         let tag = Tag {
             session: conn.session.clone(),
@@ -99,26 +101,14 @@ impl Runner {
         };
         let text = format!("{} {sql}", tag.comment());
         let r = tokio::time::timeout(OP_TIMEOUT, conn.client.query(&text)).await;
-        match r {
-            Ok(Ok(a)) => Step::Ok(a),
-            Ok(Err(ClientError::Server { code, message }))
-                if DEFINITE.contains(&code) || (code == 1105 && message.contains("refused")) =>
-            {
-                Step::Failed(format!("{code}: {message}"))
-            }
-            Ok(Err(ClientError::Server { code, message })) => {
-                self.conn = None;
-                Step::Broken(format!("{code}: {message}"))
-            }
-            Ok(Err(ClientError::Io(e))) => {
-                self.conn = None;
-                Step::Broken(e)
-            }
-            Err(_) => {
-                self.conn = None;
-                Step::Broken("client timeout".into())
-            }
+        let result = match r {
+            Ok(r) => classify(r),
+            Err(_) => StmtResult::Broken("client timeout".into()),
+        };
+        if matches!(result, StmtResult::Broken(_)) {
+            self.conn = None;
         }
+        result
     }
 
     /// Runs one operation and records it.
@@ -152,158 +142,189 @@ impl Runner {
     }
 
     async fn perform(&mut self, id: u64, kind: &OpKind) -> Outcome {
-        match kind {
-            OpKind::Write { key, value, insert } => {
-                let verb = if *insert { "INSERT" } else { "REPLACE" };
-                let sql = format!("{verb} INTO kv (k, v) VALUES ({key}, '{value}')");
-                write_outcome(self.statement(id, &sql).await)
+        let mut program = Program::new(kind);
+        let mut last = None;
+        loop {
+            match program.next(last.take()) {
+                Next::Send(sql) => last = Some(self.statement(id, &sql).await),
+                Next::Done(outcome) => return outcome,
             }
-            OpKind::Append { key, elem } => {
-                let sql = format!(
-                    "INSERT INTO lists (k, v) VALUES ({key}, '{elem}') ON DUPLICATE KEY UPDATE v = CONCAT(v, ',{elem}')"
-                );
-                write_outcome(self.statement(id, &sql).await)
-            }
-            OpKind::Read {
-                table,
-                key,
-                primary,
-            } => {
-                let hint = if *primary { "/*master*/ " } else { "" };
-                let sql = format!("{hint}SELECT v FROM {table} WHERE k = {key}");
-                match self.statement(id, &sql).await {
-                    Step::Ok(Answer::Rows(rows)) => {
-                        let v = rows.first().and_then(|r| r.first().cloned().flatten());
-                        Outcome::Ok(vec![(table, *key, v)])
-                    }
-                    Step::Ok(a) => Outcome::Fail(format!("unexpected answer {a:?}")),
-                    Step::Failed(e) | Step::Broken(e) => Outcome::Fail(e),
-                }
-            }
-            OpKind::Range { lo, hi, primary } => {
-                let hint = if *primary { "/*master*/ " } else { "" };
-                let sql =
-                    format!("{hint}SELECT k, v FROM kv WHERE k >= {lo} AND k < {hi} ORDER BY k");
-                match self.statement(id, &sql).await {
-                    Step::Ok(Answer::Rows(rows)) => {
-                        let mut seen: Vec<(&'static str, i64, Option<String>)> =
-                            (*lo..*hi).map(|k| ("kv", k, None)).collect();
-                        for r in rows {
-                            let k: Option<i64> =
-                                r.first().cloned().flatten().and_then(|k| k.parse().ok());
-                            match k.and_then(|k| seen.iter_mut().find(|s| s.1 == k)) {
-                                Some(slot) => slot.2 = r.get(1).cloned().flatten(),
-                                None => {
-                                    return Outcome::Fail(format!(
-                                        "range read returned a row outside it: {r:?}"
-                                    ))
-                                }
-                            }
-                        }
-                        Outcome::Ok(seen)
-                    }
-                    Step::Ok(a) => Outcome::Fail(format!("unexpected answer {a:?}")),
-                    Step::Failed(e) | Step::Broken(e) => Outcome::Fail(e),
-                }
-            }
-            OpKind::Increment { key } => {
-                let read = format!("SELECT v FROM counters WHERE k = {key} FOR UPDATE");
-                self.transaction(
-                    id,
-                    move |seen| match seen {
-                        None => vec![read.clone()],
-                        Some(rows) => {
-                            let n: i64 = rows
-                                .first()
-                                .and_then(|r| r.first().cloned().flatten())
-                                .and_then(|v| v.parse().ok())
-                                .unwrap_or(0);
-                            vec![format!(
-                                "REPLACE INTO counters (k, v) VALUES ({key}, {})",
-                                n + 1
-                            )]
-                        }
-                    },
-                    ("counters", *key),
-                )
-                .await
-            }
-            OpKind::Transfer { keys, value } => {
-                let stmts: Vec<String> = keys
-                    .iter()
-                    .map(|k| format!("REPLACE INTO kv (k, v) VALUES ({k}, '{value}')"))
-                    .collect();
-                self.transaction(
-                    id,
-                    move |seen| match seen {
-                        None => stmts.clone(),
-                        Some(_) => vec![],
-                    },
-                    ("kv", keys[0]),
-                )
-                .await
-            }
-            OpKind::SetVar => {
-                let sql = format!("SET @sim_session = '{id}'");
-                match self.statement(id, &sql).await {
-                    Step::Ok(_) => Outcome::Ok(vec![]),
-                    Step::Failed(e) => Outcome::Fail(e),
-                    Step::Broken(e) => Outcome::Unknown(e),
-                }
-            }
-        }
-    }
-
-    /// `BEGIN`, the statements `plan(None)` gives, then (for a read-modify-
-    /// write) those `plan(Some(rows of the first))` gives, then `COMMIT`. A
-    /// definite error rolls back.
-    async fn transaction(
-        &mut self,
-        id: u64,
-        plan: impl Fn(Option<&Vec<Vec<Option<String>>>>) -> Vec<String>,
-        observed_key: (&'static str, i64),
-    ) -> Outcome {
-        let mut seen = Vec::new();
-        match self.statement(id, "BEGIN").await {
-            Step::Ok(_) => {}
-            Step::Failed(e) => return Outcome::Fail(e),
-            Step::Broken(e) => return Outcome::Unknown(e),
-        }
-        let mut first_rows = None;
-        let first = plan(None);
-        let mut stmts: Vec<String> = first;
-        let mut i = 0;
-        while i < stmts.len() {
-            match self.statement(id, &stmts[i]).await {
-                Step::Ok(Answer::Rows(rows)) if first_rows.is_none() => {
-                    let v = rows.first().and_then(|r| r.first().cloned().flatten());
-                    seen.push((observed_key.0, observed_key.1, v));
-                    stmts.extend(plan(Some(&rows)));
-                    first_rows = Some(rows);
-                }
-                Step::Ok(_) => {}
-                Step::Failed(e) => {
-                    return match self.statement(id, "ROLLBACK").await {
-                        Step::Ok(_) => Outcome::Fail(e),
-                        _ => Outcome::Unknown(format!("{e}; then the rollback failed")),
-                    };
-                }
-                Step::Broken(e) => return Outcome::Unknown(e),
-            }
-            i += 1;
-        }
-        match self.statement(id, "COMMIT").await {
-            Step::Ok(_) => Outcome::Ok(seen),
-            Step::Failed(e) | Step::Broken(e) => Outcome::Unknown(format!("commit: {e}")),
         }
     }
 }
 
-fn write_outcome(step: Step) -> Outcome {
-    match step {
-        Step::Ok(_) => Outcome::Ok(vec![]),
-        Step::Failed(e) => Outcome::Fail(e),
-        Step::Broken(e) => Outcome::Unknown(e),
+/// What a program wants next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    Send(String),
+    Done(Outcome),
+}
+
+/// The statements of one operation, sans I/O: it says which statement to
+/// send next given the answer to the last, and finally the outcome. Both
+/// simulation tiers run operations through it.
+#[derive(Debug)]
+pub struct Program {
+    kind: OpKind,
+    /// Statements still to send before COMMIT (transactions) or at all.
+    queue: std::collections::VecDeque<String>,
+    stage: Stage,
+    seen: Vec<(&'static str, i64, Option<String>)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stage {
+    /// Single statement: waiting for its answer.
+    Single,
+    /// Transaction: BEGIN and body statements sent one by one.
+    Body,
+    Commit,
+    /// Rolling back after this definite error.
+    Rollback(String),
+}
+
+impl Program {
+    pub fn new(kind: &OpKind) -> Self {
+        let single = |sql: String| Program {
+            kind: kind.clone(),
+            queue: [sql].into(),
+            stage: Stage::Single,
+            seen: Vec::new(),
+        };
+        let hint = |primary: bool| if primary { "/*master*/ " } else { "" };
+        match kind {
+            OpKind::Write { key, value, insert } => {
+                let verb = if *insert { "INSERT" } else { "REPLACE" };
+                single(format!("{verb} INTO kv (k, v) VALUES ({key}, '{value}')"))
+            }
+            OpKind::Append { key, elem } => single(format!(
+                "INSERT INTO lists (k, v) VALUES ({key}, '{elem}') ON DUPLICATE KEY UPDATE v = CONCAT(v, ',{elem}')"
+            )),
+            OpKind::Read {
+                table,
+                key,
+                primary,
+            } => single(format!("{}SELECT v FROM {table} WHERE k = {key}", hint(*primary))),
+            OpKind::Range { lo, hi, primary } => single(format!(
+                "{}SELECT k, v FROM kv WHERE k >= {lo} AND k < {hi} ORDER BY k",
+                hint(*primary)
+            )),
+            OpKind::SetVar => single("SET @sim_session = 'set'".to_string()),
+            OpKind::Increment { key } => Program {
+                kind: kind.clone(),
+                queue: [
+                    "BEGIN".to_string(),
+                    format!("SELECT v FROM counters WHERE k = {key} FOR UPDATE"),
+                ]
+                .into(),
+                stage: Stage::Body,
+                seen: Vec::new(),
+            },
+            OpKind::Transfer { keys, value } => Program {
+                kind: kind.clone(),
+                queue: std::iter::once("BEGIN".to_string())
+                    .chain(
+                        keys.iter()
+                            .map(|k| format!("REPLACE INTO kv (k, v) VALUES ({k}, '{value}')")),
+                    )
+                    .collect(),
+                stage: Stage::Body,
+                seen: Vec::new(),
+            },
+        }
+    }
+
+    /// The next statement, given the answer to the last one (`None` at first).
+    pub fn next(&mut self, last: Option<StmtResult>) -> Next {
+        let Some(last) = last else {
+            return Next::Send(self.queue.pop_front().unwrap_or_default());
+        };
+        match self.stage.clone() {
+            Stage::Single => Next::Done(self.single_outcome(last)),
+            Stage::Body => match last {
+                StmtResult::Ok(answer) => {
+                    if let (OpKind::Increment { key }, Answer::Rows(rows)) = (&self.kind, &answer) {
+                        let v = rows.first().and_then(|r| r.first().cloned().flatten());
+                        let n: i64 = v.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0);
+                        self.seen.push(("counters", *key, v));
+                        self.queue.push_back(format!(
+                            "REPLACE INTO counters (k, v) VALUES ({key}, {})",
+                            n + 1
+                        ));
+                    }
+                    match self.queue.pop_front() {
+                        Some(sql) => Next::Send(sql),
+                        None => {
+                            self.stage = Stage::Commit;
+                            Next::Send("COMMIT".into())
+                        }
+                    }
+                }
+                StmtResult::Failed(e) => {
+                    self.stage = Stage::Rollback(e);
+                    Next::Send("ROLLBACK".into())
+                }
+                StmtResult::Broken(e) => Next::Done(Outcome::Unknown(e)),
+            },
+            Stage::Commit => Next::Done(match last {
+                StmtResult::Ok(_) => Outcome::Ok(std::mem::take(&mut self.seen)),
+                StmtResult::Failed(e) | StmtResult::Broken(e) => {
+                    Outcome::Unknown(format!("commit: {e}"))
+                }
+            }),
+            Stage::Rollback(why) => Next::Done(match last {
+                StmtResult::Ok(_) => Outcome::Fail(why),
+                _ => Outcome::Unknown(format!("{why}; then the rollback failed")),
+            }),
+        }
+    }
+
+    fn single_outcome(&self, last: StmtResult) -> Outcome {
+        let reads = matches!(self.kind, OpKind::Read { .. } | OpKind::Range { .. });
+        match (last, &self.kind) {
+            (StmtResult::Ok(Answer::Rows(rows)), OpKind::Read { table, key, .. }) => {
+                let v = rows.first().and_then(|r| r.first().cloned().flatten());
+                Outcome::Ok(vec![(table, *key, v)])
+            }
+            (StmtResult::Ok(Answer::Rows(rows)), OpKind::Range { lo, hi, .. }) => {
+                let mut seen: Vec<(&'static str, i64, Option<String>)> =
+                    (*lo..*hi).map(|k| ("kv", k, None)).collect();
+                for r in rows {
+                    let k: Option<i64> = r.first().cloned().flatten().and_then(|k| k.parse().ok());
+                    match k.and_then(|k| seen.iter_mut().find(|s| s.1 == k)) {
+                        Some(slot) => slot.2 = r.get(1).cloned().flatten(),
+                        None => {
+                            return Outcome::Fail(format!(
+                                "range read returned a row outside it: {r:?}"
+                            ))
+                        }
+                    }
+                }
+                Outcome::Ok(seen)
+            }
+            (StmtResult::Ok(a), _) if reads => Outcome::Fail(format!("unexpected answer {a:?}")),
+            (StmtResult::Ok(_), _) => Outcome::Ok(vec![]),
+            (StmtResult::Failed(e), _) => Outcome::Fail(e),
+            (StmtResult::Broken(e), _) if reads => Outcome::Fail(e),
+            (StmtResult::Broken(e), _) => Outcome::Unknown(e),
+        }
+    }
+}
+
+/// Sorts a statement's result: definite errors (nothing happened) from
+/// broken answers (anything may have happened).
+pub fn classify(r: Result<Answer, ClientError>) -> StmtResult {
+    match r {
+        Ok(a) => StmtResult::Ok(a),
+        Err(ClientError::Server { code, message })
+            if DEFINITE.contains(&code) || (code == 1105 && message.contains("refused")) =>
+        {
+            StmtResult::Failed(format!("{code}: {message}"))
+        }
+        Err(ClientError::Server { code, message }) => {
+            StmtResult::Broken(format!("{code}: {message}"))
+        }
+        Err(ClientError::Io(e)) => StmtResult::Broken(e),
     }
 }
 
