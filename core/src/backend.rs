@@ -430,6 +430,14 @@ impl ResponseScanner {
         self.skip > 0
     }
 
+    /// Whether an ERR packet may stand for the rest of the answer now:
+    /// before anything of it (or of its next result), or among the rows, as
+    /// servers send one. Among column or parameter definitions it may not:
+    /// a client reads it as a malformed definition.
+    pub fn error_fits(&self) -> bool {
+        !self.mid_packet() && matches!(self.phase, Phase::First | Phase::Rows)
+    }
+
     fn is_terminator(&self, first: u8, len: usize) -> bool {
         first == 0xfe
             && if self.deprecate_eof {

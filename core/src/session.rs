@@ -691,8 +691,9 @@ impl Session {
         self.backend_deadline = None;
         match std::mem::replace(&mut self.phase, Phase::Command(Busy::Idle)) {
             Phase::Command(Busy::Forwarding { scanner, .. }) => {
-                if scanner.mid_packet() {
-                    // Part of a packet went out: the stream cannot be repaired.
+                if !scanner.error_fits() {
+                    // Part of a packet, or of the column definitions, went
+                    // out: no ERR can follow it, the stream cannot be repaired.
                     self.close();
                     return;
                 }
@@ -2987,6 +2988,45 @@ mod tests {
         let got = feed_backend(&mut s, now, &wire, &[3, 7, 1, 50]);
         assert_eq!(got, wire.to_vec());
         assert!(s.is_idle());
+    }
+
+    /// Found by the tier-1 simulation (`TESSERA_SIM_SEED=6022 cargo run -p
+    /// tessera-sim --release -- --tier 1 --seeds 1`): the backend died after
+    /// the column count went out, and the client got an ERR where a column
+    /// definition belongs, which it read as a definition and waited for the
+    /// rest. Now the connection closes; among rows an ERR is still sent.
+    #[test]
+    fn a_backend_lost_among_column_definitions_closes_the_client() {
+        for (forwarded_rows, expect_err) in [(false, false), (true, true)] {
+            let now = Instant::now();
+            let mut s = logged_in(now, client_caps(), 1 << 20);
+            s.handle_client_data(now, &mut framed(0, b"\x03SELECT 1"));
+            drain(&mut s);
+            attach_and_restore(&mut s, now, client_caps());
+            let col = mysql_common::packets::Column::new(
+                mysql_common::constants::ColumnType::MYSQL_TYPE_LONGLONG,
+            )
+            .with_name(b"1");
+            let wire = protocol::encode_text_result(
+                &[col],
+                &[vec![Some(&b"1"[..])]],
+                true,
+                StatusFlags::SERVER_STATUS_AUTOCOMMIT,
+            );
+            // The column count alone, or everything up to the last row.
+            let upto = if forwarded_rows { wire.len() - 11 } else { 5 };
+            let mut part = BytesMut::from(&wire[..upto]);
+            s.handle_backend_data(now, testing::PRIMARY, &mut part);
+            drain(&mut s);
+            s.handle_backend_closed(now, testing::PRIMARY, "test");
+            let d = drain(&mut s);
+            assert_eq!(
+                d.to_client.get(4) == Some(&0xff),
+                expect_err,
+                "rows {forwarded_rows}"
+            );
+            assert_eq!(d.closed, !expect_err, "rows {forwarded_rows}");
+        }
     }
 
     /// Found by the tier-1 simulation (`TESSERA_SIM_SEED=7 cargo run -p

@@ -128,17 +128,15 @@ struct Version {
 }
 
 impl History {
-    /// A fingerprint of the history and the servers' trace (FNV-1a over
-    /// their debug form), to prove that a seed replays exactly.
+    /// A fingerprint of the history and the servers' trace, to prove that a
+    /// seed replays exactly (SipHash with fixed keys: stable within a build).
     pub fn fingerprint(&self, evidence: &Evidence) -> u64 {
-        format!(
-            "{:?}{:?}{:?}",
-            self.ops, evidence.primaries, evidence.executed
-        )
-        .bytes()
-        .fold(0xcbf29ce484222325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100000001b3)
-        })
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.ops.hash(&mut h);
+        evidence.primaries.hash(&mut h);
+        evidence.executed.hash(&mut h);
+        h.finish()
     }
 
     /// Every violation, one line each.

@@ -220,25 +220,26 @@ impl World {
                 healed = true;
                 self.faults = false;
                 for c in &mut self.clients {
-                    for key in 0..KV_KEYS {
-                        c.script.push_back((
-                            OpKind::Read {
-                                table: "kv",
-                                key,
-                                primary: true,
-                            },
-                            true,
-                        ));
-                    }
-                    for key in 0..LIST_KEYS {
-                        c.script.push_back((
-                            OpKind::Read {
-                                table: "lists",
-                                key,
-                                primary: true,
-                            },
-                            true,
-                        ));
+                    // Every kv key in one merged read, and the lists by one client.
+                    c.script.push_back((
+                        OpKind::Range {
+                            lo: 0,
+                            hi: KV_KEYS,
+                            primary: true,
+                        },
+                        true,
+                    ));
+                    if c.index == 0 {
+                        for key in 0..LIST_KEYS {
+                            c.script.push_back((
+                                OpKind::Read {
+                                    table: "lists",
+                                    key,
+                                    primary: true,
+                                },
+                                true,
+                            ));
+                        }
                     }
                     c.awaiting = None;
                     // A fresh session for the final reads.
@@ -827,10 +828,30 @@ fn random_op(rng: &mut StdRng, client: usize, n: usize) -> OpKind {
     }
 }
 
-/// Runs `seeds` seeds from `first`; the failing ones with their violations.
+/// Runs `seeds` seeds from `first` on every core (each seed is independent
+/// and deterministic); the failing ones with their violations, by seed.
 pub fn campaign(first: u64, seeds: u64, mutant: Option<Mutant>) -> Vec<Tier1Report> {
-    (first..first + seeds)
-        .map(|seed| run_with_mutant(seed, mutant))
-        .filter(|r| !r.violations.is_empty())
-        .collect()
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1)
+        .min(seeds.max(1));
+    let mut failing: Vec<Tier1Report> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    (first + t..first + seeds)
+                        .step_by(threads as usize)
+                        .map(|seed| run_with_mutant(seed, mutant))
+                        .filter(|r| !r.violations.is_empty())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    failing.sort_by_key(|r| r.seed);
+    failing
 }
