@@ -409,9 +409,11 @@ impl ResponseScanner {
         self
     }
 
-    /// The whole response has been seen.
+    /// The whole response has been seen, to its last byte: a last packet
+    /// passed through by length (a definition ending a prepare's answer)
+    /// may still be arriving after the phase says done.
     pub fn is_done(&self) -> bool {
-        self.phase == Phase::Done
+        self.phase == Phase::Done && self.skip == 0
     }
 
     /// Waiting for the client's LOCAL INFILE data.
@@ -757,6 +759,27 @@ mod tests {
             write_packet(&mut w, seq, &eof_payload(0, status));
         }
         w.to_vec()
+    }
+
+    /// Found by tier-1 simulation seed 198 (`TESSERA_SIM_SEED=198 cargo run
+    /// -p tessera-sim -- --tier 1 --seeds 1`): a prepare's answer ending in a
+    /// parameter definition (no EOF with CLIENT_DEPRECATE_EOF) was taken as
+    /// complete once that definition's header arrived, and the execute went
+    /// out while the rest of it was still coming.
+    #[test]
+    fn a_prepare_answer_is_done_only_at_its_last_byte() {
+        let mut w = BytesMut::new();
+        let mut ok = vec![0u8];
+        ok.extend_from_slice(&7u32.to_le_bytes());
+        ok.extend_from_slice(&[0, 0, 1, 0, 0, 0, 0]); // no columns, one param
+        let seq = write_packet(&mut w, 1, &ok);
+        write_packet(&mut w, seq, b"\x03defparamdef");
+        let mut s = ResponseScanner::new(ResponseKind::Prepare, true);
+        let cut = w.len() - 3;
+        let steps = scan_all(&mut s, &w[..cut]);
+        assert!(!s.is_done(), "done with 3 bytes missing: {steps:?}");
+        assert!(matches!(s.step(&w[cut..]), Step::Pass(3)));
+        assert!(s.is_done());
     }
 
     #[test]

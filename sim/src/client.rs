@@ -60,6 +60,39 @@ impl SimClient {
         }
     }
 
+    /// Prepares `sql`, executes it with `params`, and closes it.
+    pub async fn prepared(
+        &mut self,
+        sql: &str,
+        params: &[crate::prepared::Param],
+    ) -> Result<Answer, ClientError> {
+        let io = |e: std::io::Error| ClientError::Io(e.to_string());
+        let mut p = vec![protocol::cmd::STMT_PREPARE];
+        p.extend_from_slice(sql.as_bytes());
+        let mut wire = BytesMut::new();
+        protocol::write_packet(&mut wire, 0, &p);
+        self.stream.write_all(&wire).await.map_err(io)?;
+        let mut prepare = PrepareReader::default();
+        let id = loop {
+            let p = read_packet(&mut self.stream, &mut self.buf).await?;
+            if let Some(r) = prepare.packet(&p) {
+                break r?;
+            }
+        };
+        let request = crate::prepared::execute_request(id, params);
+        self.stream.write_all(&request).await.map_err(io)?;
+        let mut reader = AnswerReader::binary();
+        let answer = loop {
+            let p = read_packet(&mut self.stream, &mut self.buf).await?;
+            if let Some(answer) = reader.packet(&p) {
+                break answer;
+            }
+        };
+        let close = crate::prepared::close_request(id);
+        self.stream.write_all(&close).await.map_err(io)?;
+        answer
+    }
+
     pub async fn query(&mut self, sql: &str) -> Result<Answer, ClientError> {
         self.stream
             .write_all(&backend::query_request(sql))
@@ -82,9 +115,19 @@ pub struct AnswerReader {
     /// Columns announced, and column definitions still to come.
     columns: Option<(u64, u64)>,
     rows: Vec<Vec<Option<String>>>,
+    /// Rows in the binary protocol (the answer to COM_STMT_EXECUTE).
+    binary: bool,
 }
 
 impl AnswerReader {
+    /// A reader of a COM_STMT_EXECUTE answer.
+    pub fn binary() -> Self {
+        AnswerReader {
+            binary: true,
+            ..Self::default()
+        }
+    }
+
     /// Takes the next packet; the answer once it is complete.
     pub fn packet(&mut self, p: &Packet) -> Option<Result<Answer, ClientError>> {
         let malformed = |what: &str| Some(Err(ClientError::Io(format!("malformed {what}"))));
@@ -117,6 +160,13 @@ impl AnswerReader {
             Some(0xff) => Some(Err(server_error(p))),
             Some(0xfe) if p.payload.len() < 0xff_ffff => {
                 Some(Ok(Answer::Rows(std::mem::take(&mut self.rows))))
+            }
+            _ if self.binary => {
+                let Some(row) = crate::prepared::parse_binary_row(&p.payload, n as usize) else {
+                    return malformed("binary row");
+                };
+                self.rows.push(row);
+                None
             }
             _ => {
                 let mut b = &p.payload[..];
@@ -164,6 +214,40 @@ async fn read_packet(
             Ok(0) => return Err(ClientError::Io("connection closed".into())),
             Ok(_) => {}
             Err(e) => return Err(ClientError::Io(e.to_string())),
+        }
+    }
+}
+
+/// Reads the answer to COM_STMT_PREPARE: the statement id once every
+/// parameter and column definition has passed. Expects `CLIENT_DEPRECATE_EOF`.
+#[derive(Debug, Default)]
+pub struct PrepareReader {
+    stmt: Option<(u32, usize)>,
+}
+
+impl PrepareReader {
+    pub fn packet(&mut self, p: &Packet) -> Option<Result<u32, ClientError>> {
+        match self.stmt {
+            None => match p.payload.first() {
+                Some(0x00) if p.payload.len() >= 9 => {
+                    let b = &p.payload;
+                    let id = u32::from_le_bytes([b[1], b[2], b[3], b[4]]);
+                    let defs = u16::from_le_bytes([b[5], b[6]]) as usize
+                        + u16::from_le_bytes([b[7], b[8]]) as usize;
+                    if defs == 0 {
+                        return Some(Ok(id));
+                    }
+                    self.stmt = Some((id, defs));
+                    None
+                }
+                Some(0xff) => Some(Err(server_error(p))),
+                _ => Some(Err(ClientError::Io("malformed prepare answer".into()))),
+            },
+            Some((id, 1)) => Some(Ok(id)),
+            Some((id, left)) => {
+                self.stmt = Some((id, left - 1));
+                None
+            }
         }
     }
 }

@@ -30,10 +30,12 @@ use crate::engine::{Commit, Executed, StmtKind};
 pub enum OpKind {
     /// `REPLACE` (or, `insert`, a plain `INSERT` that fails once the key
     /// exists) of a unique value into the sharded register table `kv`.
+    /// `prepared`: as a prepared statement (prepare, execute, close).
     Write {
         key: i64,
         value: String,
         insert: bool,
+        prepared: bool,
     },
     /// Appends a unique element to a list in the sharded table `lists`.
     Append { key: i64, elem: String },
@@ -42,6 +44,7 @@ pub enum OpKind {
         table: &'static str,
         key: i64,
         primary: bool,
+        prepared: bool,
     },
     /// A cross-shard range read of `kv` (merged by the proxy).
     Range { lo: i64, hi: i64, primary: bool },
@@ -367,6 +370,7 @@ mod tests {
                 key: 1,
                 value: value.into(),
                 insert: false,
+                prepared: false,
             },
             outcome,
             t.0,
@@ -381,6 +385,7 @@ mod tests {
                 table: "kv",
                 key: 1,
                 primary,
+                prepared: false,
             },
             Outcome::Ok(vec![("kv", 1, seen.map(String::from))]),
             t.0,

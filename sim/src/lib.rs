@@ -16,6 +16,7 @@ pub mod client;
 pub mod db;
 pub mod engine;
 pub mod history;
+pub mod prepared;
 pub mod scenario;
 pub mod server;
 pub mod tier1;

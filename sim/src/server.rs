@@ -3,11 +3,13 @@
 //! tier-1 driver ([`crate::tier1`]) both run it.
 //!
 //! It speaks what Tessera sends a backend: the login (native password),
-//! COM_QUERY, COM_PING, COM_INIT_DB, COM_RESET_CONNECTION, COM_SET_OPTION and
+//! COM_QUERY, COM_PING, COM_INIT_DB, COM_RESET_CONNECTION, COM_SET_OPTION,
+//! COM_STMT_PREPARE/EXECUTE/CLOSE/RESET (see [`crate::prepared`]) and
 //! COM_QUIT; and one statement of its own for replicas,
 //! `SIM BINLOG AFTER <seq>`, which returns the primary's later commits (and
 //! counts as the replica's acknowledgement for semi-synchronous commits).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -22,6 +24,7 @@ use tessera_core::protocol::{
 };
 
 use crate::engine::{Commit, ConnState, Engine, Reply, SharedTrace, Tag, LOCK_WAIT};
+use crate::prepared;
 
 pub const USER: &str = "app";
 pub const PASSWORD: &str = "pw";
@@ -50,8 +53,20 @@ pub struct ServerConn {
     inbuf: BytesMut,
     deprecate_eof: bool,
     session_track: bool,
-    /// A statement waiting for a row lock, and since when.
-    blocked: Option<(String, Duration)>,
+    /// A statement waiting for a row lock, since when, and whether its
+    /// answer is in the binary protocol (an execute).
+    blocked: Option<(String, Duration, bool)>,
+    stmts: BTreeMap<u32, Stmt>,
+    next_stmt: u32,
+}
+
+/// A prepared statement: its text, placeholders, result columns, and the
+/// parameter types last bound.
+struct Stmt {
+    sql: String,
+    params: usize,
+    columns: Vec<String>,
+    types: Vec<u8>,
 }
 
 impl ServerConn {
@@ -81,6 +96,8 @@ impl ServerConn {
             deprecate_eof: false,
             session_track: false,
             blocked: None,
+            stmts: BTreeMap::new(),
+            next_stmt: 0,
         };
         (conn, framed(0, &payload))
     }
@@ -114,17 +131,20 @@ impl ServerConn {
         if self.phase == Phase::Closed {
             return None;
         }
-        if let Some((sql, since)) = self.blocked.take() {
+        if let Some((sql, since, binary)) = self.blocked.take() {
             return match self.state.execute(engine, trace, &sql) {
                 Reply::Blocked if now.saturating_sub(since) < LOCK_WAIT => {
-                    self.blocked = Some((sql, since));
+                    self.blocked = Some((sql, since, binary));
                     None
                 }
-                Reply::Blocked => Some(self.reply(Reply::Err {
-                    code: 1205,
-                    message: "Lock wait timeout exceeded; try restarting transaction".into(),
-                })),
-                r => Some(self.reply(r)),
+                Reply::Blocked => Some(self.reply(
+                    Reply::Err {
+                        code: 1205,
+                        message: "Lock wait timeout exceeded; try restarting transaction".into(),
+                    },
+                    binary,
+                )),
+                r => Some(self.reply(r, binary)),
             };
         }
         let pkt = match self.frames.next_packet(&mut self.inbuf) {
@@ -159,16 +179,62 @@ impl ServerConn {
                     let rows = engine.storage.binlog_after(after);
                     return step(self.binlog_rows(&rows));
                 }
-                match self.state.execute(engine, trace, &sql) {
-                    Reply::Blocked => {
-                        self.blocked = Some((sql, now));
-                        None
-                    }
-                    r => Some(self.reply(r)),
+                self.run_statement(engine, trace, sql, now, false)
+            }
+            Some(cmd::STMT_PREPARE) => {
+                let sql = String::from_utf8_lossy(&pkt.payload[1..]).into_owned();
+                self.next_stmt += 1;
+                let stmt = Stmt {
+                    params: prepared::placeholders(&sql).len(),
+                    columns: prepared::result_columns(&sql),
+                    sql,
+                    types: Vec::new(),
+                };
+                let out = prepared::prepare_ok(
+                    self.next_stmt,
+                    stmt.params,
+                    &stmt.columns,
+                    self.deprecate_eof,
+                );
+                self.stmts.insert(self.next_stmt, stmt);
+                step(out)
+            }
+            Some(cmd::STMT_EXECUTE) => {
+                let id = pkt
+                    .payload
+                    .get(1..5)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                let Some(stmt) = id.and_then(|id| self.stmts.get_mut(&id)) else {
+                    return step(framed(
+                        1,
+                        &err_payload(
+                            1243,
+                            "HY000",
+                            "Unknown prepared statement handler given to mysqld_stmt_execute",
+                        ),
+                    ));
+                };
+                let sql = prepared::parse_execute(&pkt.payload, stmt.params, &mut stmt.types)
+                    .and_then(|params| prepared::substitute(&stmt.sql, &params));
+                match sql {
+                    Some(sql) => self.run_statement(engine, trace, sql, now, true),
+                    None => step(framed(
+                        1,
+                        &err_payload(1210, "HY000", "Incorrect arguments to mysqld_stmt_execute"),
+                    )),
                 }
             }
+            Some(cmd::STMT_CLOSE) => {
+                if let Some(b) = pkt.payload.get(1..5) {
+                    self.stmts
+                        .remove(&u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                }
+                Some(Step::default())
+            }
+            Some(cmd::STMT_RESET) => step(ok(1)),
             Some(cmd::RESET_CONNECTION) => {
                 self.state.reset(engine);
+                self.stmts.clear();
                 let status = self.status();
                 step(framed(1, &ok_payload(0, 0, 0, status, 0)))
             }
@@ -221,7 +287,24 @@ impl ServerConn {
         s
     }
 
-    fn reply(&mut self, reply: Reply) -> Step {
+    fn run_statement(
+        &mut self,
+        engine: &mut Engine,
+        trace: &SharedTrace,
+        sql: String,
+        now: Duration,
+        binary: bool,
+    ) -> Option<Step> {
+        match self.state.execute(engine, trace, &sql) {
+            Reply::Blocked => {
+                self.blocked = Some((sql, now, binary));
+                None
+            }
+            r => Some(self.reply(r, binary)),
+        }
+    }
+
+    fn reply(&mut self, reply: Reply, binary: bool) -> Step {
         match reply {
             Reply::Ok {
                 affected,
@@ -251,6 +334,10 @@ impl ServerConn {
             }
             Reply::Err { code, message } => Step {
                 out: framed(1, &err_payload(code, "HY000", &message)),
+                committed: None,
+            },
+            Reply::Rows { columns, rows } if binary => Step {
+                out: prepared::binary_rows(&columns, &rows, self.deprecate_eof, self.status()),
                 committed: None,
             },
             Reply::Rows { columns, rows } => Step {

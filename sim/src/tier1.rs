@@ -21,13 +21,14 @@ use rand::{Rng, SeedableRng};
 use tessera_core::backend::{self, BackendLogin, BackendMeta};
 use tessera_core::gtid::GtidPos;
 use tessera_core::mutants::{self, Mutant};
-use tessera_core::protocol::{CapabilityFlags, FrameReader};
+use tessera_core::protocol::{self, cmd, CapabilityFlags, FrameReader};
 use tessera_core::session::{Output, Session, SessionContext};
 use tessera_core::topology::{BackendId, Role};
 
-use crate::client::{Answer, AnswerReader, ClientError};
+use crate::client::{Answer, AnswerReader, ClientError, PrepareReader};
 use crate::engine::{Engine, SharedTrace, Tag};
 use crate::history::{Evidence, History, Op, OpKind, Outcome};
+use crate::prepared::{self, Param};
 use crate::server::{ServerConn, PASSWORD};
 use crate::workload::{classify, Next, Program, COUNTER_KEYS, KV_KEYS, LIST_KEYS, USERS};
 
@@ -59,6 +60,15 @@ struct Link {
     session_buf: BytesMut,
 }
 
+/// What the client waits for.
+enum Awaiting {
+    Answer(AnswerReader),
+    /// A prepare's answer; then an execute with these values.
+    Prepare(PrepareReader, Vec<Param>),
+    /// An execute's answer; then a close of the statement.
+    Execute(AnswerReader, u32),
+}
+
 struct Client {
     index: usize,
     user: &'static str,
@@ -76,7 +86,7 @@ struct Client {
     /// The operation running: id, program, kind, when it began, and the
     /// reader of the answer awaited (if a statement is out).
     op: Option<(u64, Program, OpKind, Duration, bool)>,
-    awaiting: Option<AnswerReader>,
+    awaiting: Option<Awaiting>,
     script: VecDeque<(OpKind, bool)>,
     next_op: u64,
 }
@@ -236,6 +246,7 @@ impl World {
                                     table: "lists",
                                     key,
                                     primary: true,
+                                    prepared: false,
                                 },
                                 true,
                             ));
@@ -380,7 +391,22 @@ impl World {
                 let c = &mut self.clients[i];
                 c.to_session
                     .extend_from_slice(&backend::query_request(&text));
-                c.awaiting = Some(AnswerReader::default());
+                c.awaiting = Some(Awaiting::Answer(AnswerReader::default()));
+            }
+            Next::Prepared(sql, params) => {
+                let tag = Tag {
+                    session: c.name(),
+                    op: id,
+                };
+                let text = format!("{} {sql}", tag.comment());
+                self.log(|| format!("client {i} prepares {text} with {params:?}"));
+                let c = &mut self.clients[i];
+                let mut p = vec![cmd::STMT_PREPARE];
+                p.extend_from_slice(text.as_bytes());
+                let mut wire = BytesMut::new();
+                protocol::write_packet(&mut wire, 0, &p);
+                c.to_session.extend_from_slice(&wire);
+                c.awaiting = Some(Awaiting::Prepare(PrepareReader::default(), params));
             }
             Next::Done(outcome) => self.finish(i, outcome),
         }
@@ -515,7 +541,7 @@ impl World {
                 }
                 continue;
             }
-            let Some(reader) = c.awaiting.as_mut() else {
+            let Some(awaiting) = c.awaiting.as_mut() else {
                 self.log(|| {
                     format!(
                         "VIOLATION client {i} unsolicited {:?}",
@@ -529,7 +555,29 @@ impl World {
                 self.hang_up(i);
                 return;
             };
-            if let Some(answer) = reader.packet(&pkt) {
+            let answer = match awaiting {
+                Awaiting::Answer(reader) => reader.packet(&pkt),
+                Awaiting::Prepare(reader, params) => match reader.packet(&pkt) {
+                    None => None,
+                    Some(Err(e)) => Some(Err(e)),
+                    Some(Ok(id)) => {
+                        let request = prepared::execute_request(id, params);
+                        c.to_session.extend_from_slice(&request);
+                        c.awaiting = Some(Awaiting::Execute(AnswerReader::binary(), id));
+                        c.frames.expect_seq(None);
+                        continue;
+                    }
+                },
+                Awaiting::Execute(reader, id) => {
+                    let answer = reader.packet(&pkt);
+                    if answer.is_some() {
+                        let close = prepared::close_request(*id);
+                        c.to_session.extend_from_slice(&close);
+                    }
+                    answer
+                }
+            };
+            if let Some(answer) = answer {
                 self.log(|| format!("client {i} answer {answer:?}"));
                 let c = &mut self.clients[i];
                 c.awaiting = None;
@@ -590,6 +638,13 @@ impl World {
         let now = self.instant();
         let c = &mut self.clients[i];
         if let (Some(s), Some(l)) = (c.session.as_mut(), c.links.get_mut(&id)) {
+            if self.verbose {
+                eprintln!(
+                    "[{:?}] {id:?} -> session {i}: {:?}",
+                    self.now,
+                    &l.to_session[..n.min(60)]
+                );
+            }
             l.session_buf.extend_from_slice(&l.to_session[..n]);
             l.to_session.drain(..n);
             s.handle_backend_data(now, id, &mut l.session_buf);
@@ -802,6 +857,7 @@ fn random_op(rng: &mut StdRng, client: usize, n: usize) -> OpKind {
             key: rng.gen_range(0..KV_KEYS),
             value: unique,
             insert: rng.gen_bool(0.2),
+            prepared: rng.gen_bool(0.3),
         },
         20..=34 => OpKind::Append {
             key: rng.gen_range(0..LIST_KEYS),
@@ -811,6 +867,7 @@ fn random_op(rng: &mut StdRng, client: usize, n: usize) -> OpKind {
             table: if rng.gen_bool(0.7) { "kv" } else { "lists" },
             key: rng.gen_range(0..KV_KEYS.min(LIST_KEYS)),
             primary: rng.gen_bool(0.5),
+            prepared: rng.gen_bool(0.3),
         },
         60..=67 => OpKind::Range {
             lo: 0,

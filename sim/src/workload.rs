@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use crate::client::{Answer, ClientError, SimClient};
 use crate::engine::Tag;
 use crate::history::{History, Op, OpKind, Outcome};
+use crate::prepared::Param;
 
 /// Keys of the sharded register table `kv` (spread over both nodes).
 pub const KV_KEYS: i64 = 8;
@@ -91,7 +92,7 @@ impl Runner {
     }
 
     /// Sends one statement, tagged; a broken answer drops the connection.
-    async fn statement(&mut self, op: u64, sql: &str) -> StmtResult {
+    async fn statement(&mut self, op: u64, sql: &str, params: Option<&[Param]>) -> StmtResult {
         let Some(conn) = self.conn.as_mut() else {
             return StmtResult::Broken("no connection".into());
         };
@@ -100,7 +101,12 @@ impl Runner {
             op,
         };
         let text = format!("{} {sql}", tag.comment());
-        let r = tokio::time::timeout(OP_TIMEOUT, conn.client.query(&text)).await;
+        let r = match params {
+            Some(params) => {
+                tokio::time::timeout(OP_TIMEOUT, conn.client.prepared(&text, params)).await
+            }
+            None => tokio::time::timeout(OP_TIMEOUT, conn.client.query(&text)).await,
+        };
         let result = match r {
             Ok(r) => classify(r),
             Err(_) => StmtResult::Broken("client timeout".into()),
@@ -146,7 +152,10 @@ impl Runner {
         let mut last = None;
         loop {
             match program.next(last.take()) {
-                Next::Send(sql) => last = Some(self.statement(id, &sql).await),
+                Next::Send(sql) => last = Some(self.statement(id, &sql, None).await),
+                Next::Prepared(sql, params) => {
+                    last = Some(self.statement(id, &sql, Some(&params)).await)
+                }
                 Next::Done(outcome) => return outcome,
             }
         }
@@ -157,6 +166,8 @@ impl Runner {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
     Send(String),
+    /// Prepare the statement, execute it with the values, close it.
+    Prepared(String, Vec<Param>),
     Done(Outcome),
 }
 
@@ -170,6 +181,8 @@ pub struct Program {
     queue: std::collections::VecDeque<String>,
     stage: Stage,
     seen: Vec<(&'static str, i64, Option<String>)>,
+    /// A single statement sent as a prepared statement with these values.
+    params: Option<Vec<Param>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,12 +203,24 @@ impl Program {
             queue: [sql].into(),
             stage: Stage::Single,
             seen: Vec::new(),
+            params: None,
         };
         let hint = |primary: bool| if primary { "/*master*/ " } else { "" };
         match kind {
-            OpKind::Write { key, value, insert } => {
+            OpKind::Write {
+                key,
+                value,
+                insert,
+                prepared,
+            } => {
                 let verb = if *insert { "INSERT" } else { "REPLACE" };
-                single(format!("{verb} INTO kv (k, v) VALUES ({key}, '{value}')"))
+                if *prepared {
+                    let mut p = single(format!("{verb} INTO kv (k, v) VALUES (?, ?)"));
+                    p.params = Some(vec![Param::Int(*key), Param::Str(value.clone())]);
+                    p
+                } else {
+                    single(format!("{verb} INTO kv (k, v) VALUES ({key}, '{value}')"))
+                }
             }
             OpKind::Append { key, elem } => single(format!(
                 "INSERT INTO lists (k, v) VALUES ({key}, '{elem}') ON DUPLICATE KEY UPDATE v = CONCAT(v, ',{elem}')"
@@ -204,6 +229,17 @@ impl Program {
                 table,
                 key,
                 primary,
+                prepared: true,
+            } => {
+                let mut p = single(format!("{}SELECT v FROM {table} WHERE k = ?", hint(*primary)));
+                p.params = Some(vec![Param::Int(*key)]);
+                p
+            }
+            OpKind::Read {
+                table,
+                key,
+                primary,
+                prepared: false,
             } => single(format!("{}SELECT v FROM {table} WHERE k = {key}", hint(*primary))),
             OpKind::Range { lo, hi, primary } => single(format!(
                 "{}SELECT k, v FROM kv WHERE k >= {lo} AND k < {hi} ORDER BY k",
@@ -219,6 +255,7 @@ impl Program {
                 .into(),
                 stage: Stage::Body,
                 seen: Vec::new(),
+                params: None,
             },
             OpKind::Transfer { keys, value } => Program {
                 kind: kind.clone(),
@@ -230,6 +267,7 @@ impl Program {
                     .collect(),
                 stage: Stage::Body,
                 seen: Vec::new(),
+                params: None,
             },
         }
     }
@@ -237,7 +275,11 @@ impl Program {
     /// The next statement, given the answer to the last one (`None` at first).
     pub fn next(&mut self, last: Option<StmtResult>) -> Next {
         let Some(last) = last else {
-            return Next::Send(self.queue.pop_front().unwrap_or_default());
+            let sql = self.queue.pop_front().unwrap_or_default();
+            return match self.params.take() {
+                Some(params) => Next::Prepared(sql, params),
+                None => Next::Send(sql),
+            };
         };
         match self.stage.clone() {
             Stage::Single => Next::Done(self.single_outcome(last)),
@@ -353,11 +395,13 @@ impl Workload {
                     key: rng.gen_range(0..KV_KEYS),
                     value: unique,
                     insert: false,
+                    prepared: rng.gen_bool(0.3),
                 },
                 20..=24 => OpKind::Write {
                     key: rng.gen_range(0..KV_KEYS),
                     value: unique,
                     insert: true,
+                    prepared: rng.gen_bool(0.3),
                 },
                 25..=39 => OpKind::Append {
                     key: rng.gen_range(0..LIST_KEYS),
@@ -367,16 +411,19 @@ impl Workload {
                     table: "kv",
                     key: rng.gen_range(0..KV_KEYS),
                     primary: false,
+                    prepared: rng.gen_bool(0.3),
                 },
                 55..=62 => OpKind::Read {
                     table: "kv",
                     key: rng.gen_range(0..KV_KEYS),
                     primary: true,
+                    prepared: rng.gen_bool(0.3),
                 },
                 63..=70 => OpKind::Read {
                     table: "lists",
                     key: rng.gen_range(0..LIST_KEYS),
                     primary: rng.gen_bool(0.5),
+                    prepared: false,
                 },
                 71..=75 => OpKind::Range {
                     lo: 0,
@@ -413,6 +460,7 @@ impl Workload {
                     table: "kv",
                     key,
                     primary: true,
+                    prepared: false,
                 },
                 true,
             )
@@ -424,6 +472,7 @@ impl Workload {
                     table: "lists",
                     key,
                     primary: true,
+                    prepared: false,
                 },
                 true,
             )
