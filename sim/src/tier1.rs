@@ -135,6 +135,10 @@ impl World {
     fn new(seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let ctx = tessera_core::testing::context_from_config(&crate::scenario::proxy_config_text());
+        let mut ctx = Arc::try_unwrap(ctx).unwrap_or_else(|_| unreachable!("a fresh context"));
+        // As in tier 2's config: a silent backend is given up after 1.5 s.
+        ctx.backend_read_timeout = Some(Duration::from_millis(1500));
+        let ctx = Arc::new(ctx);
         let topology = ctx.router.topology.clone();
         let mut engines = Vec::new();
         let mut engine_of = Vec::new();
@@ -653,7 +657,10 @@ impl World {
     }
 
     fn advance_time(&mut self) {
-        self.now += Duration::from_millis(self.rng.gen_range(1..200));
+        // Slow, bursty time while faults run (backend read timeouts fire);
+        // a quick network once they have healed.
+        let most = if self.faults { 200 } else { 5 };
+        self.now += Duration::from_millis(self.rng.gen_range(1..most));
         let now = self.instant();
         for i in 0..self.clients.len() {
             self.run_servers(i);
