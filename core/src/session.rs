@@ -708,13 +708,9 @@ impl Session {
                 self.end_statement_record();
             }
             Phase::Command(Busy::Restoring { .. }) => {
-                let seq = self.pending_reply_seq();
-                self.pending = None;
                 let msg =
                     format!("Lost connection to backend while preparing the session ({reason})");
-                self.send_err(seq, code::ER_CONNECT_TO_BACKEND, &msg);
-                self.finish_login_if_pending(false);
-                self.end_statement_record();
+                self.fail_pending(code::ER_CONNECT_TO_BACKEND, &msg);
             }
             Phase::Closed => self.phase = Phase::Closed,
             other => self.phase = other,
@@ -783,12 +779,8 @@ impl Session {
                     };
                     if let Err(e) = self.after_internal(result, purpose) {
                         // Restoring failed: tell the client instead of running its command.
-                        let seq = self.pending_reply_seq();
-                        self.pending = None;
-                        self.send_err(seq, e.0, &e.1);
-                        self.finish_login_if_pending(false);
                         self.phase = Phase::Command(Busy::Idle);
-                        self.end_statement_record();
+                        self.fail_pending(e.0, &e.1);
                         return;
                     }
                     self.continue_internal(now, left);
@@ -1310,6 +1302,22 @@ impl Session {
     }
 
     /// The seq id for an error that answers the pending command (or login).
+    /// Internal commands for the waiting client command (or login) failed:
+    /// it gets the error instead of running. With nothing waiting (a
+    /// restore after COM_RESET_CONNECTION was answered) the client is told
+    /// nothing: it asked for nothing, and an ERR now would be taken as the
+    /// answer to its next command.
+    fn fail_pending(&mut self, code: u16, message: &str) {
+        if self.pending.is_none() && self.pending_login.is_none() {
+            return;
+        }
+        let seq = self.pending_reply_seq();
+        self.pending = None;
+        self.send_err(seq, code, message);
+        self.finish_login_if_pending(false);
+        self.end_statement_record();
+    }
+
     fn pending_reply_seq(&self) -> u8 {
         if self.pending.is_some() {
             1
@@ -2988,6 +2996,49 @@ mod tests {
         let got = feed_backend(&mut s, now, &wire, &[3, 7, 1, 50]);
         assert_eq!(got, wire.to_vec());
         assert!(s.is_idle());
+    }
+
+    /// Found by the tier-1 simulation (`TESSERA_SIM_SEED=19866 cargo run -p
+    /// tessera-sim --release -- --tier 1 --seeds 1`): after COM_RESET_CONNECTION
+    /// the session restores tracking on its own; when the backend died during
+    /// that restore the client got an ERR it had not asked for, and took it as
+    /// the answer to its next command (every later answer one behind).
+    #[test]
+    fn a_restore_nobody_waits_for_fails_silently() {
+        let now = Instant::now();
+        let caps = client_caps();
+        let mut s = logged_in(now, caps, 1 << 20);
+        s.handle_client_data(now, &mut framed(0, b"\x03SELECT 1"));
+        drain(&mut s);
+        attach_and_restore(&mut s, now, caps);
+        s.handle_backend_data(
+            now,
+            testing::PRIMARY,
+            &mut BytesMut::from(&testing::ok_reply()[..]),
+        );
+        drain(&mut s);
+        s.handle_client_data(now, &mut framed(0, &[cmd::RESET_CONNECTION]));
+        let d = drain(&mut s);
+        assert_eq!(d.to_backend.get(4), Some(&cmd::RESET_CONNECTION));
+        s.handle_backend_data(
+            now,
+            testing::PRIMARY,
+            &mut BytesMut::from(&testing::ok_reply()[..]),
+        );
+        let d = drain(&mut s);
+        assert_eq!(d.to_client.get(4), Some(&0), "the reset is answered");
+        assert!(
+            !d.to_backend.is_empty(),
+            "the session restores tracking after a reset"
+        );
+        s.handle_backend_closed(now, testing::PRIMARY, "test");
+        let d = drain(&mut s);
+        assert!(
+            d.to_client.is_empty(),
+            "nothing unasked for: {:?}",
+            d.to_client
+        );
+        assert!(!d.closed);
     }
 
     /// Found by the tier-1 simulation (`TESSERA_SIM_SEED=6022 cargo run -p

@@ -93,6 +93,21 @@ impl SimClient {
         answer
     }
 
+    /// COM_RESET_CONNECTION.
+    pub async fn reset(&mut self) -> Result<Answer, ClientError> {
+        self.stream
+            .write_all(&backend::reset_request())
+            .await
+            .map_err(|e| ClientError::Io(e.to_string()))?;
+        let mut reader = AnswerReader::default();
+        loop {
+            let p = read_packet(&mut self.stream, &mut self.buf).await?;
+            if let Some(answer) = reader.packet(&p) {
+                return answer;
+            }
+        }
+    }
+
     pub async fn query(&mut self, sql: &str) -> Result<Answer, ClientError> {
         self.stream
             .write_all(&backend::query_request(sql))

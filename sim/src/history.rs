@@ -55,6 +55,8 @@ pub enum OpKind {
     Transfer { keys: [i64; 2], value: String },
     /// `SET @sim_session = …`: session state the pool must not leak.
     SetVar,
+    /// COM_RESET_CONNECTION from the client.
+    Reset,
 }
 
 impl OpKind {

@@ -397,6 +397,12 @@ impl World {
                     .extend_from_slice(&backend::query_request(&text));
                 c.awaiting = Some(Awaiting::Answer(AnswerReader::default()));
             }
+            Next::Reset => {
+                self.log(|| format!("client {i} resets its connection"));
+                let c = &mut self.clients[i];
+                c.to_session.extend_from_slice(&backend::reset_request());
+                c.awaiting = Some(Awaiting::Answer(AnswerReader::default()));
+            }
             Next::Prepared(sql, params) => {
                 let tag = Tag {
                     session: c.name(),
@@ -713,7 +719,7 @@ impl World {
             };
             match out {
                 Output::ToClient(b) => {
-                    self.log(|| format!("session {i} -> client {:?}", &b[..b.len().min(40)]));
+                    self.log(|| format!("session {i} -> client {:?}", &b[..b.len().min(400)]));
                     self.clients[i].to_client.extend_from_slice(&b)
                 }
                 Output::ToBackend(id, b) => {
@@ -888,7 +894,8 @@ fn random_op(rng: &mut StdRng, client: usize, n: usize) -> OpKind {
             keys: [rng.gen_range(0..KV_KEYS), rng.gen_range(0..KV_KEYS)],
             value: format!("t{unique}"),
         },
-        _ => OpKind::SetVar,
+        92..=96 => OpKind::SetVar,
+        _ => OpKind::Reset,
     }
 }
 

@@ -117,6 +117,21 @@ impl Runner {
         result
     }
 
+    /// COM_RESET_CONNECTION; a broken answer drops the connection.
+    async fn reset(&mut self) -> StmtResult {
+        let Some(conn) = self.conn.as_mut() else {
+            return StmtResult::Broken("no connection".into());
+        };
+        let result = match tokio::time::timeout(OP_TIMEOUT, conn.client.reset()).await {
+            Ok(r) => classify(r),
+            Err(_) => StmtResult::Broken("client timeout".into()),
+        };
+        if matches!(result, StmtResult::Broken(_)) {
+            self.conn = None;
+        }
+        result
+    }
+
     /// Runs one operation and records it.
     async fn run(&mut self, kind: OpKind, after_heal: bool) {
         self.next_op += 1;
@@ -153,6 +168,7 @@ impl Runner {
         loop {
             match program.next(last.take()) {
                 Next::Send(sql) => last = Some(self.statement(id, &sql, None).await),
+                Next::Reset => last = Some(self.reset().await),
                 Next::Prepared(sql, params) => {
                     last = Some(self.statement(id, &sql, Some(&params)).await)
                 }
@@ -166,6 +182,8 @@ impl Runner {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
     Send(String),
+    /// Send COM_RESET_CONNECTION.
+    Reset,
     /// Prepare the statement, execute it with the values, close it.
     Prepared(String, Vec<Param>),
     Done(Outcome),
@@ -183,6 +201,8 @@ pub struct Program {
     seen: Vec<(&'static str, i64, Option<String>)>,
     /// A single statement sent as a prepared statement with these values.
     params: Option<Vec<Param>>,
+    /// A COM_RESET_CONNECTION instead of a statement.
+    reset: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,6 +224,7 @@ impl Program {
             stage: Stage::Single,
             seen: Vec::new(),
             params: None,
+            reset: false,
         };
         let hint = |primary: bool| if primary { "/*master*/ " } else { "" };
         match kind {
@@ -246,6 +267,11 @@ impl Program {
                 hint(*primary)
             )),
             OpKind::SetVar => single("SET @sim_session = 'set'".to_string()),
+            OpKind::Reset => {
+                let mut p = single(String::new());
+                p.reset = true;
+                p
+            }
             OpKind::Increment { key } => Program {
                 kind: kind.clone(),
                 queue: [
@@ -256,6 +282,7 @@ impl Program {
                 stage: Stage::Body,
                 seen: Vec::new(),
                 params: None,
+                reset: false,
             },
             OpKind::Transfer { keys, value } => Program {
                 kind: kind.clone(),
@@ -268,6 +295,7 @@ impl Program {
                 stage: Stage::Body,
                 seen: Vec::new(),
                 params: None,
+                reset: false,
             },
         }
     }
@@ -276,6 +304,9 @@ impl Program {
     pub fn next(&mut self, last: Option<StmtResult>) -> Next {
         let Some(last) = last else {
             let sql = self.queue.pop_front().unwrap_or_default();
+            if self.reset {
+                return Next::Reset;
+            }
             return match self.params.take() {
                 Some(params) => Next::Prepared(sql, params),
                 None => Next::Send(sql),
@@ -437,7 +468,8 @@ impl Workload {
                     keys: [rng.gen_range(0..KV_KEYS), rng.gen_range(0..KV_KEYS)],
                     value: format!("t{unique}"),
                 },
-                _ => OpKind::SetVar,
+                94..=96 => OpKind::SetVar,
+                _ => OpKind::Reset,
             };
             r.run(kind, false).await;
             // Now and then a client hangs up, so its backend connection goes
