@@ -25,16 +25,33 @@ pub enum ClientError {
 pub struct SimClient {
     stream: turmoil::net::TcpStream,
     buf: BytesMut,
+    deprecate_eof: bool,
 }
 
 impl SimClient {
+    /// Logs in with `CLIENT_DEPRECATE_EOF`.
     pub async fn connect(addr: &str, user: &str, password: &str) -> Result<Self, ClientError> {
+        Self::connect_with(addr, user, password, true).await
+    }
+
+    /// Logs in, with or without `CLIENT_DEPRECATE_EOF` (classic EOF packets).
+    pub async fn connect_with(
+        addr: &str,
+        user: &str,
+        password: &str,
+        deprecate_eof: bool,
+    ) -> Result<Self, ClientError> {
         let io = |e: std::io::Error| ClientError::Io(e.to_string());
         let mut stream = turmoil::net::TcpStream::connect(addr.to_string())
             .await
             .map_err(io)?;
         let mut buf = BytesMut::new();
-        let mut login = BackendLogin::new(user, password, CapabilityFlags::CLIENT_DEPRECATE_EOF);
+        let caps = if deprecate_eof {
+            CapabilityFlags::CLIENT_DEPRECATE_EOF
+        } else {
+            CapabilityFlags::empty()
+        };
+        let mut login = BackendLogin::new(user, password, caps);
         loop {
             let pkt = read_packet(&mut stream, &mut buf).await?;
             if pkt.payload.first() == Some(&0xff) {
@@ -55,7 +72,11 @@ impl SimClient {
                 stream.write_all(&bytes).await.map_err(io)?;
             }
             if login.finished().is_some() {
-                return Ok(Self { stream, buf });
+                return Ok(Self {
+                    stream,
+                    buf,
+                    deprecate_eof,
+                });
             }
         }
     }
@@ -72,7 +93,7 @@ impl SimClient {
         let mut wire = BytesMut::new();
         protocol::write_packet(&mut wire, 0, &p);
         self.stream.write_all(&wire).await.map_err(io)?;
-        let mut prepare = PrepareReader::default();
+        let mut prepare = PrepareReader::new(self.deprecate_eof);
         let id = loop {
             let p = read_packet(&mut self.stream, &mut self.buf).await?;
             if let Some(r) = prepare.packet(&p) {
@@ -81,7 +102,7 @@ impl SimClient {
         };
         let request = crate::prepared::execute_request(id, params);
         self.stream.write_all(&request).await.map_err(io)?;
-        let mut reader = AnswerReader::binary();
+        let mut reader = AnswerReader::new(self.deprecate_eof, true);
         let answer = loop {
             let p = read_packet(&mut self.stream, &mut self.buf).await?;
             if let Some(answer) = reader.packet(&p) {
@@ -99,7 +120,7 @@ impl SimClient {
             .write_all(&backend::reset_request())
             .await
             .map_err(|e| ClientError::Io(e.to_string()))?;
-        let mut reader = AnswerReader::default();
+        let mut reader = AnswerReader::new(self.deprecate_eof, false);
         loop {
             let p = read_packet(&mut self.stream, &mut self.buf).await?;
             if let Some(answer) = reader.packet(&p) {
@@ -113,7 +134,7 @@ impl SimClient {
             .write_all(&backend::query_request(sql))
             .await
             .map_err(|e| ClientError::Io(e.to_string()))?;
-        let mut reader = AnswerReader::default();
+        let mut reader = AnswerReader::new(self.deprecate_eof, false);
         loop {
             let p = read_packet(&mut self.stream, &mut self.buf).await?;
             if let Some(answer) = reader.packet(&p) {
@@ -123,22 +144,26 @@ impl SimClient {
     }
 }
 
-/// Reads one text-protocol answer packet by packet, sans I/O (the client
-/// of both simulation tiers). Expects `CLIENT_DEPRECATE_EOF`.
+/// Reads one answer packet by packet, sans I/O (the client of both
+/// simulation tiers).
 #[derive(Debug, Default)]
 pub struct AnswerReader {
-    /// Columns announced, and column definitions still to come.
+    /// Columns announced, and column definitions (with the EOF after them,
+    /// in classic mode) still to come.
     columns: Option<(u64, u64)>,
     rows: Vec<Vec<Option<String>>>,
     /// Rows in the binary protocol (the answer to COM_STMT_EXECUTE).
     binary: bool,
+    /// The session negotiated `CLIENT_DEPRECATE_EOF`.
+    deprecate_eof: bool,
 }
 
 impl AnswerReader {
-    /// A reader of a COM_STMT_EXECUTE answer.
-    pub fn binary() -> Self {
+    /// `binary`: the answer to COM_STMT_EXECUTE.
+    pub fn new(deprecate_eof: bool, binary: bool) -> Self {
         AnswerReader {
-            binary: true,
+            binary,
+            deprecate_eof,
             ..Self::default()
         }
     }
@@ -159,7 +184,7 @@ impl AnswerReader {
                     let mut b = &p.payload[..];
                     match protocol::read_lenenc_int(&mut b) {
                         Some(n) if n > 0 => {
-                            self.columns = Some((n, n));
+                            self.columns = Some((n, n + u64::from(!self.deprecate_eof)));
                             None
                         }
                         _ => malformed("column count"),
@@ -173,7 +198,7 @@ impl AnswerReader {
         }
         match p.payload.first() {
             Some(0xff) => Some(Err(server_error(p))),
-            Some(0xfe) if p.payload.len() < 0xff_ffff => {
+            Some(0xfe) if p.payload.len() < if self.deprecate_eof { 0xff_ffff } else { 9 } => {
                 Some(Ok(Answer::Rows(std::mem::take(&mut self.rows))))
             }
             _ if self.binary => {
@@ -234,21 +259,37 @@ async fn read_packet(
 }
 
 /// Reads the answer to COM_STMT_PREPARE: the statement id once every
-/// parameter and column definition has passed. Expects `CLIENT_DEPRECATE_EOF`.
+/// parameter and column definition (and EOF, in classic mode) has passed.
 #[derive(Debug, Default)]
 pub struct PrepareReader {
     stmt: Option<(u32, usize)>,
+    deprecate_eof: bool,
 }
 
 impl PrepareReader {
+    pub fn new(deprecate_eof: bool) -> Self {
+        PrepareReader {
+            stmt: None,
+            deprecate_eof,
+        }
+    }
+
     pub fn packet(&mut self, p: &Packet) -> Option<Result<u32, ClientError>> {
         match self.stmt {
             None => match p.payload.first() {
                 Some(0x00) if p.payload.len() >= 9 => {
                     let b = &p.payload;
                     let id = u32::from_le_bytes([b[1], b[2], b[3], b[4]]);
-                    let defs = u16::from_le_bytes([b[5], b[6]]) as usize
-                        + u16::from_le_bytes([b[7], b[8]]) as usize;
+                    let groups = [
+                        u16::from_le_bytes([b[5], b[6]]),
+                        u16::from_le_bytes([b[7], b[8]]),
+                    ];
+                    let eofs = if self.deprecate_eof { 0 } else { 1 };
+                    let defs: usize = groups
+                        .iter()
+                        .filter(|n| **n > 0)
+                        .map(|n| *n as usize + eofs)
+                        .sum();
                     if defs == 0 {
                         return Some(Ok(id));
                     }

@@ -52,6 +52,8 @@ const DEADLINE: Duration = Duration::from_secs(120);
 struct Link {
     server: ServerConn,
     engine: usize,
+    /// The response format it was opened with (its pool key).
+    format: CapabilityFlags,
     /// Sent by the session, not yet read by the server.
     to_server: Vec<u8>,
     /// Sent by the server, not yet read by the session.
@@ -72,6 +74,8 @@ enum Awaiting {
 struct Client {
     index: usize,
     user: &'static str,
+    /// The client negotiates `CLIENT_DEPRECATE_EOF` (else classic EOFs).
+    deprecate_eof: bool,
     sessions: usize,
     session: Option<Session>,
     login: Option<BackendLogin>,
@@ -106,7 +110,10 @@ struct World {
     /// Engine index of each backend id, and each replica's primary engine.
     engine_of: Vec<usize>,
     replica_of: BTreeMap<usize, usize>,
-    pool: BTreeMap<BackendId, Vec<(ServerConn, BackendMeta, usize)>>,
+    /// Idle connections by backend, with the response format (see
+    /// `protocol::format_capabilities`) each was opened with: as in
+    /// `tessera-net`'s pool, a session only gets one in its own format.
+    pool: BTreeMap<BackendId, Vec<(ServerConn, BackendMeta, CapabilityFlags)>>,
     trace: SharedTrace,
     clients: Vec<Client>,
     history: History,
@@ -163,6 +170,7 @@ impl World {
                 Client {
                     index,
                     user: USERS[index % USERS.len()],
+                    deprecate_eof: rng.gen_bool(0.5),
                     sessions: 0,
                     session: None,
                     login: None,
@@ -361,11 +369,12 @@ impl World {
             nonce,
             now,
         ));
-        c.login = Some(BackendLogin::new(
-            c.user,
-            PASSWORD,
-            CapabilityFlags::CLIENT_DEPRECATE_EOF,
-        ));
+        let caps = if c.deprecate_eof {
+            CapabilityFlags::CLIENT_DEPRECATE_EOF
+        } else {
+            CapabilityFlags::empty()
+        };
+        c.login = Some(BackendLogin::new(c.user, PASSWORD, caps));
         c.frames = FrameReader::new(64 << 20);
         c.to_client.clear();
         c.client_buf.clear();
@@ -395,13 +404,13 @@ impl World {
                 let c = &mut self.clients[i];
                 c.to_session
                     .extend_from_slice(&backend::query_request(&text));
-                c.awaiting = Some(Awaiting::Answer(AnswerReader::default()));
+                c.awaiting = Some(Awaiting::Answer(AnswerReader::new(c.deprecate_eof, false)));
             }
             Next::Reset => {
                 self.log(|| format!("client {i} resets its connection"));
                 let c = &mut self.clients[i];
                 c.to_session.extend_from_slice(&backend::reset_request());
-                c.awaiting = Some(Awaiting::Answer(AnswerReader::default()));
+                c.awaiting = Some(Awaiting::Answer(AnswerReader::new(c.deprecate_eof, false)));
             }
             Next::Prepared(sql, params) => {
                 let tag = Tag {
@@ -416,7 +425,10 @@ impl World {
                 let mut wire = BytesMut::new();
                 protocol::write_packet(&mut wire, 0, &p);
                 c.to_session.extend_from_slice(&wire);
-                c.awaiting = Some(Awaiting::Prepare(PrepareReader::default(), params));
+                c.awaiting = Some(Awaiting::Prepare(
+                    PrepareReader::new(c.deprecate_eof),
+                    params,
+                ));
             }
             Next::Done(outcome) => self.finish(i, outcome),
         }
@@ -573,7 +585,10 @@ impl World {
                     Some(Ok(id)) => {
                         let request = prepared::execute_request(id, params);
                         c.to_session.extend_from_slice(&request);
-                        c.awaiting = Some(Awaiting::Execute(AnswerReader::binary(), id));
+                        c.awaiting = Some(Awaiting::Execute(
+                            AnswerReader::new(c.deprecate_eof, true),
+                            id,
+                        ));
                         c.frames.expect_seq(None);
                         continue;
                     }
@@ -764,15 +779,20 @@ impl World {
     /// An idle pooled connection, or a new one logged in.
     fn acquire(&mut self, i: usize, id: BackendId) {
         let engine = self.engine_of[id.0 as usize];
-        let (server, meta) = match self.pool.get_mut(&id).and_then(Vec::pop) {
+        let caps = self.clients[i]
+            .session
+            .as_ref()
+            .map(|s| s.client_capabilities())
+            .unwrap_or_else(CapabilityFlags::empty)
+            & protocol::format_capabilities();
+        let idle = self.pool.get_mut(&id).and_then(|conns| {
+            let at = conns.iter().rposition(|(_, _, format)| *format == caps)?;
+            Some(conns.swap_remove(at))
+        });
+        let (server, meta) = match idle {
             Some((server, meta, _)) => (server, meta),
             None => {
                 let (mut server, greeting) = ServerConn::new(&mut self.engines[engine]);
-                let caps = self.clients[i]
-                    .session
-                    .as_ref()
-                    .map(|s| s.client_capabilities())
-                    .unwrap_or_else(CapabilityFlags::empty);
                 let b = &self.ctx.router.topology.backends[id.0 as usize];
                 let mut login = BackendLogin::new(&b.user, &b.password, caps);
                 let mut wire = BytesMut::from(&greeting[..]);
@@ -812,6 +832,7 @@ impl World {
             Link {
                 server,
                 engine,
+                format: caps,
                 to_server: Vec::new(),
                 to_session: Vec::new(),
                 session_buf: BytesMut::new(),
@@ -850,7 +871,7 @@ impl World {
         self.pool
             .entry(id)
             .or_default()
-            .push((l.server, meta, l.engine));
+            .push((l.server, meta, l.format));
     }
 }
 

@@ -73,7 +73,13 @@ impl Runner {
         if self.conn.is_none() {
             let c = tokio::time::timeout(
                 OP_TIMEOUT,
-                SimClient::connect("proxy:3306", self.user, crate::server::PASSWORD),
+                // Odd clients speak the classic protocol, with EOF packets.
+                SimClient::connect_with(
+                    "proxy:3306",
+                    self.user,
+                    crate::server::PASSWORD,
+                    self.client % 2 == 0,
+                ),
             )
             .await;
             match c {
