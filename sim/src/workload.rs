@@ -78,7 +78,7 @@ impl Runner {
                     "proxy:3306",
                     self.user,
                     crate::server::PASSWORD,
-                    self.client % 2 == 0,
+                    self.client.is_multiple_of(2),
                 ),
             )
             .await;
