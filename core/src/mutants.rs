@@ -21,14 +21,17 @@ pub enum Mutant {
     TxStatementEscapes,
     /// A backend's error answer to a query reaches the client as an OK.
     ErrorAsSuccess,
+    /// Reads ignore read-your-writes and go to any replica.
+    ReadYourWritesIgnored,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 4] = [
+    pub const ALL: [Mutant; 5] = [
         Mutant::PoolSkipsReset,
         Mutant::WriteToReplica,
         Mutant::TxStatementEscapes,
         Mutant::ErrorAsSuccess,
+        Mutant::ReadYourWritesIgnored,
     ];
 }
 

@@ -1742,6 +1742,9 @@ impl Session {
         let Some(w) = self.written.get(node) else {
             return t.read_target(node);
         };
+        if mutants::active(Mutant::ReadYourWritesIgnored) {
+            return t.read_target(node);
+        }
         match self.ryw {
             ReadYourWrites::Off => t.read_target(node),
             ReadYourWrites::Gtid if w.gtid_unknown => t.primary(node),

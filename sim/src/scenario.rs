@@ -276,7 +276,7 @@ fn run_inner(scenario: Scenario, seed: u64) -> Report {
         .build();
     let mut rng = StdRng::seed_from_u64(seed.rotate_left(17) ^ 0xfa17);
     let replication: SharedReplication = Arc::new(Mutex::new(Replication {
-        lag: Duration::from_millis(rng.gen_range(0..100)),
+        lag: Duration::from_millis(rng.gen_range(0..400)),
         semi_sync: rng.gen_bool(0.3),
     }));
     let base_lag = replication.lock().map(|r| r.lag).unwrap_or_default();

@@ -30,7 +30,9 @@ use crate::engine::{Engine, SharedTrace, Tag};
 use crate::history::{Evidence, History, Op, OpKind, Outcome};
 use crate::prepared::{self, Param};
 use crate::server::{ServerConn, PASSWORD};
-use crate::workload::{classify, Next, Program, COUNTER_KEYS, KV_KEYS, LIST_KEYS, USERS};
+use crate::workload::{
+    classify, read_back, Next, Program, COUNTER_KEYS, KV_KEYS, LIST_KEYS, USERS,
+};
 
 /// The outcome of one tier-1 seed.
 #[derive(Debug, Clone)]
@@ -164,8 +166,14 @@ impl World {
         let clients = (0..CLIENTS)
             .map(|index| {
                 let mut script = VecDeque::new();
+                let ryw = USERS[index % USERS.len()] == "ryw";
                 for n in 0..OPS_PER_CLIENT {
-                    script.push_back((random_op(&mut rng, index, n), false));
+                    let op = random_op(&mut rng, index, n);
+                    let read = read_back(&op).filter(|_| ryw && rng.gen_bool(0.5));
+                    script.push_back((op, false));
+                    if let Some(read) = read {
+                        script.push_back((read, false));
+                    }
                 }
                 Client {
                     index,

@@ -390,6 +390,22 @@ impl Program {
     }
 }
 
+/// A replica read of what `kind` wrote: read-your-writes sessions do that
+/// right after a write now and then, where replica lag shows.
+pub fn read_back(kind: &OpKind) -> Option<OpKind> {
+    let (table, key) = match kind {
+        OpKind::Write { key, .. } => ("kv", *key),
+        OpKind::Append { key, .. } => ("lists", *key),
+        _ => return None,
+    };
+    Some(OpKind::Read {
+        table,
+        key,
+        primary: false,
+        prepared: false,
+    })
+}
+
 /// Sorts a statement's result: definite errors (nothing happened) from
 /// broken answers (anything may have happened).
 pub fn classify(r: Result<Answer, ClientError>) -> StmtResult {
@@ -477,7 +493,11 @@ impl Workload {
                 94..=96 => OpKind::SetVar,
                 _ => OpKind::Reset,
             };
+            let read_back = read_back(&kind).filter(|_| r.user == "ryw" && rng.gen_bool(0.5));
             r.run(kind, false).await;
+            if let Some(read) = read_back {
+                r.run(read, false).await;
+            }
             // Now and then a client hangs up, so its backend connection goes
             // back to the pool for another session.
             if rng.gen_bool(0.1) {

@@ -7,14 +7,18 @@ use tessera_sim::scenario::hunt;
 use tessera_sim::Scenario;
 
 /// Seeds a mutant may take to be caught.
-const MAX_SEEDS: u64 = 6;
+const MAX_SEEDS: u64 = 10;
 
 fn caught(mutant: Mutant) {
+    caught_in(mutant, Scenario::Calm);
+}
+
+fn caught_in(mutant: Mutant, scenario: Scenario) {
     let first = std::env::var("TESSERA_SIM_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
-    match hunt(mutant, Scenario::Calm, first, MAX_SEEDS) {
+    match hunt(mutant, scenario, first, MAX_SEEDS) {
         Some((seed, tries)) => println!("{mutant:?}: caught by seed {seed} ({tries} seeds)"),
         None => panic!("{mutant:?} survived {MAX_SEEDS} seeds from {first}: the checkers miss it"),
     }
