@@ -114,10 +114,10 @@ impl SimClient {
         answer
     }
 
-    /// COM_RESET_CONNECTION.
-    pub async fn reset(&mut self) -> Result<Answer, ClientError> {
+    /// A one-packet command (COM_RESET_CONNECTION, COM_SET_OPTION) and its answer.
+    pub async fn command(&mut self, packet: &[u8]) -> Result<Answer, ClientError> {
         self.stream
-            .write_all(&backend::reset_request())
+            .write_all(packet)
             .await
             .map_err(|e| ClientError::Io(e.to_string()))?;
         let mut reader = AnswerReader::new(self.deprecate_eof, false);
@@ -142,6 +142,15 @@ impl SimClient {
             }
         }
     }
+}
+
+/// COM_SET_OPTION turning multi-statements on or off (framed, seq 0).
+pub fn set_option_request(on: bool) -> bytes::Bytes {
+    let mut p = vec![protocol::cmd::SET_OPTION];
+    p.extend_from_slice(&u16::from(!on).to_le_bytes());
+    let mut out = BytesMut::new();
+    protocol::write_packet(&mut out, 0, &p);
+    out.freeze()
 }
 
 /// Reads one answer packet by packet, sans I/O (the client of both
@@ -174,11 +183,17 @@ impl AnswerReader {
         let Some((n, defs_left)) = self.columns else {
             return match p.payload.first() {
                 Some(0x00) => match protocol::parse_ok(&p.payload) {
+                    Some(ok) if more_results(&p.payload) => {
+                        let _ = ok;
+                        None
+                    }
                     Some(ok) => Some(Ok(Answer::Ok {
                         affected: ok.affected_rows,
                     })),
                     None => malformed("OK"),
                 },
+                // The EOF that answers COM_SET_OPTION.
+                Some(0xfe) if p.payload.len() < 9 => Some(Ok(Answer::Ok { affected: 0 })),
                 Some(0xff) => Some(Err(server_error(p))),
                 _ => {
                     let mut b = &p.payload[..];
@@ -199,7 +214,13 @@ impl AnswerReader {
         match p.payload.first() {
             Some(0xff) => Some(Err(server_error(p))),
             Some(0xfe) if p.payload.len() < if self.deprecate_eof { 0xff_ffff } else { 9 } => {
-                Some(Ok(Answer::Rows(std::mem::take(&mut self.rows))))
+                let rows = std::mem::take(&mut self.rows);
+                if more_results(&p.payload) {
+                    // Another result follows; the answer is the last one.
+                    self.columns = None;
+                    return None;
+                }
+                Some(Ok(Answer::Rows(rows)))
             }
             _ if self.binary => {
                 let Some(row) = crate::prepared::parse_binary_row(&p.payload, n as usize) else {
@@ -227,6 +248,16 @@ impl AnswerReader {
             }
         }
     }
+}
+
+/// An OK or EOF payload says more results follow.
+fn more_results(payload: &[u8]) -> bool {
+    let status = if payload.len() < 9 && payload.first() == Some(&0xfe) && payload.len() >= 5 {
+        Some(u16::from_le_bytes([payload[3], payload[4]]))
+    } else {
+        protocol::parse_ok(payload).map(|ok| ok.status.bits())
+    };
+    status.is_some_and(|s| s & protocol::StatusFlags::SERVER_MORE_RESULTS_EXISTS.bits() != 0)
 }
 
 fn server_error(p: &Packet) -> ClientError {

@@ -29,6 +29,16 @@ impl Tag {
         format!("/* sim {} {} */", self.session, self.op)
     }
 
+    /// `sql` tagged: the comment leads it, and stands for every
+    /// [`Tag::MARK`] in it (the later statements of a multi-statement query).
+    pub fn apply(&self, sql: &str) -> String {
+        let c = self.comment();
+        format!("{c} {}", sql.replace(Tag::MARK, &c))
+    }
+
+    /// Where a statement after the first of a query takes its tag.
+    pub const MARK: &'static str = "/*TAG*/";
+
     fn parse(comment: &str) -> Option<Tag> {
         let mut words = comment.split_whitespace();
         if words.next()? != "sim" {

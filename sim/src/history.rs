@@ -57,6 +57,9 @@ pub enum OpKind {
     SetVar,
     /// COM_RESET_CONNECTION from the client.
     Reset,
+    /// Multi-statements on (COM_SET_OPTION), then one query
+    /// `BEGIN; INSERT … ON DUPLICATE KEY UPDATE v = v + 1; COMMIT` on `counters`.
+    MultiIncrement { key: i64 },
 }
 
 impl OpKind {
@@ -66,12 +69,16 @@ impl OpKind {
             OpKind::Write { .. }
                 | OpKind::Append { .. }
                 | OpKind::Increment { .. }
+                | OpKind::MultiIncrement { .. }
                 | OpKind::Transfer { .. }
         )
     }
 
     fn is_transaction(&self) -> bool {
-        matches!(self, OpKind::Increment { .. } | OpKind::Transfer { .. })
+        matches!(
+            self,
+            OpKind::Increment { .. } | OpKind::MultiIncrement { .. } | OpKind::Transfer { .. }
+        )
     }
 }
 
@@ -222,7 +229,9 @@ impl History {
             let touched: Vec<(&str, i64)> = match &op.kind {
                 OpKind::Write { key, .. } => vec![("kv", *key)],
                 OpKind::Append { key, .. } => vec![("lists", *key)],
-                OpKind::Increment { key } => vec![("counters", *key)],
+                OpKind::Increment { key } | OpKind::MultiIncrement { key } => {
+                    vec![("counters", *key)]
+                }
                 OpKind::Transfer { keys, .. } => keys.iter().map(|k| ("kv", *k)).collect(),
                 _ => vec![],
             };

@@ -53,11 +53,24 @@ pub struct ServerConn {
     inbuf: BytesMut,
     deprecate_eof: bool,
     session_track: bool,
-    /// A statement waiting for a row lock, since when, and whether its
-    /// answer is in the binary protocol (an execute).
-    blocked: Option<(String, Duration, bool)>,
+    /// A command waiting for a row lock.
+    blocked: Option<Running>,
+    /// Several statements in one COM_QUERY are allowed
+    /// (`CLIENT_MULTI_STATEMENTS`, or COM_SET_OPTION).
+    multi_statements: bool,
     stmts: BTreeMap<u32, Stmt>,
     next_stmt: u32,
+}
+
+/// A command's statements still to run, and its answer so far.
+struct Running {
+    statements: std::collections::VecDeque<String>,
+    /// When the statement at the front began waiting (lock wait timeout).
+    since: Duration,
+    /// Answers in the binary protocol (an execute).
+    binary: bool,
+    out: Vec<u8>,
+    committed: Option<u64>,
 }
 
 /// A prepared statement: its text, placeholders, result columns, and the
@@ -96,6 +109,7 @@ impl ServerConn {
             deprecate_eof: false,
             session_track: false,
             blocked: None,
+            multi_statements: false,
             stmts: BTreeMap::new(),
             next_stmt: 0,
         };
@@ -131,21 +145,8 @@ impl ServerConn {
         if self.phase == Phase::Closed {
             return None;
         }
-        if let Some((sql, since, binary)) = self.blocked.take() {
-            return match self.state.execute(engine, trace, &sql) {
-                Reply::Blocked if now.saturating_sub(since) < LOCK_WAIT => {
-                    self.blocked = Some((sql, since, binary));
-                    None
-                }
-                Reply::Blocked => Some(self.reply(
-                    Reply::Err {
-                        code: 1205,
-                        message: "Lock wait timeout exceeded; try restarting transaction".into(),
-                    },
-                    binary,
-                )),
-                r => Some(self.reply(r, binary)),
-            };
+        if let Some(running) = self.blocked.take() {
+            return self.run(engine, trace, running, now);
         }
         let pkt = match self.frames.next_packet(&mut self.inbuf) {
             Ok(Some(p)) => p,
@@ -240,6 +241,9 @@ impl ServerConn {
             }
             Some(cmd::PING) | Some(cmd::INIT_DB) => step(ok(1)),
             Some(cmd::SET_OPTION) => {
+                if let Some(b) = pkt.payload.get(1..3) {
+                    self.multi_statements = u16::from_le_bytes([b[0], b[1]]) == 0;
+                }
                 let p = if self.deprecate_eof {
                     ok_payload(0xfe, 0, 0, status, 0)
                 } else {
@@ -272,6 +276,7 @@ impl ServerConn {
         let caps = hr.capabilities();
         self.deprecate_eof = caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF);
         self.session_track = caps.contains(CapabilityFlags::CLIENT_SESSION_TRACK);
+        self.multi_statements = caps.contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS);
         self.phase = Phase::Command;
         Step {
             out: framed(2, &ok_payload(0, 0, 0, self.status(), 0)),
@@ -295,12 +300,64 @@ impl ServerConn {
         now: Duration,
         binary: bool,
     ) -> Option<Step> {
-        match self.state.execute(engine, trace, &sql) {
-            Reply::Blocked => {
-                self.blocked = Some((sql, now, binary));
-                None
+        let statements = if binary {
+            vec![sql.clone()]
+        } else {
+            split_statements(&sql)
+        };
+        if statements.len() > 1 && !self.multi_statements {
+            return Some(self.reply(syntax_error(&sql), false));
+        }
+        let running = Running {
+            statements: statements.into(),
+            since: now,
+            binary,
+            out: Vec::new(),
+            committed: None,
+        };
+        self.run(engine, trace, running, now)
+    }
+
+    /// Runs the command's statements in order, each answer a result of its
+    /// own (all but the last flagged "more results"), stopping at an error.
+    fn run(
+        &mut self,
+        engine: &mut Engine,
+        trace: &SharedTrace,
+        mut running: Running,
+        now: Duration,
+    ) -> Option<Step> {
+        loop {
+            let Some(sql) = running.statements.front().cloned() else {
+                return Some(Step {
+                    out: running.out,
+                    committed: running.committed,
+                });
+            };
+            let reply = match self.state.execute(engine, trace, &sql) {
+                Reply::Blocked if now.saturating_sub(running.since) < LOCK_WAIT => {
+                    self.blocked = Some(running);
+                    return None;
+                }
+                Reply::Blocked => Reply::Err {
+                    code: 1205,
+                    message: "Lock wait timeout exceeded; try restarting transaction".into(),
+                },
+                r => r,
+            };
+            running.statements.pop_front();
+            let failed = matches!(reply, Reply::Err { .. });
+            let more = !failed && !running.statements.is_empty();
+            let step = self.reply(reply, running.binary);
+            running.committed = step.committed.or(running.committed);
+            append_result(&mut running.out, &step.out, more);
+            if !more {
+                return Some(Step {
+                    out: running.out,
+                    committed: running.committed,
+                });
             }
-            r => Some(self.reply(r, binary)),
+            running.since = now;
         }
     }
 
@@ -379,6 +436,99 @@ impl ServerConn {
             }
         }
         self.rows(&columns, &rows)
+    }
+}
+
+fn syntax_error(sql: &str) -> Reply {
+    Reply::Err {
+        code: 1064,
+        message: format!("You have an error in your SQL syntax near `{sql}`: several statements need CLIENT_MULTI_STATEMENTS"),
+    }
+}
+
+/// The statements of a COM_QUERY: split at `;` outside quotes and comments.
+pub fn split_statements(sql: &str) -> Vec<String> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"' | b'`') => {
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = sql[i + 2..].find("*/").map_or(b.len(), |e| i + 2 + e + 1);
+            }
+            b';' => {
+                out.push(sql[start..i].trim().to_string());
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.push(sql[start.min(sql.len())..].trim().to_string());
+    out.retain(|s| !s.is_empty());
+    if out.is_empty() {
+        out.push(String::new());
+    }
+    out
+}
+
+/// Appends one result's packets to a multi-result answer: sequence ids go
+/// on from the answer's last, and with `more` the result's closing packet
+/// says more results follow.
+fn append_result(out: &mut Vec<u8>, result: &[u8], more: bool) {
+    let mut seq = match last_packet(out) {
+        Some(at) => out[at + 3].wrapping_add(1),
+        None => 1,
+    };
+    let start = out.len();
+    out.extend_from_slice(result);
+    let mut at = start;
+    let mut last = start;
+    while at + 4 <= out.len() {
+        let len = u32::from_le_bytes([out[at], out[at + 1], out[at + 2], 0]) as usize;
+        out[at + 3] = seq;
+        seq = seq.wrapping_add(1);
+        last = at;
+        at += 4 + len;
+    }
+    if more {
+        set_more_results(&mut out[last + 4..]);
+    }
+}
+
+fn last_packet(out: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    let mut last = None;
+    while at + 4 <= out.len() {
+        last = Some(at);
+        at += 4 + u32::from_le_bytes([out[at], out[at + 1], out[at + 2], 0]) as usize;
+    }
+    last
+}
+
+/// Sets SERVER_MORE_RESULTS_EXISTS in an OK or EOF payload.
+fn set_more_results(p: &mut [u8]) {
+    let more = StatusFlags::SERVER_MORE_RESULTS_EXISTS.bits().to_le_bytes();
+    let status_at = match p.first() {
+        Some(0xfe) if p.len() < 9 => Some(3),
+        Some(0x00 | 0xfe) => {
+            let mut b = &p[1..];
+            let before = b.len();
+            protocol::read_lenenc_int(&mut b)
+                .and_then(|_| protocol::read_lenenc_int(&mut b))
+                .map(|_| 1 + before - b.len())
+        }
+        _ => None,
+    };
+    if let Some(at) = status_at.filter(|at| at + 2 <= p.len()) {
+        p[at] |= more[0];
+        p[at + 1] |= more[1];
     }
 }
 

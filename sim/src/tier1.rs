@@ -405,13 +405,19 @@ impl World {
                     session: c.name(),
                     op: id,
                 };
-                let text = format!("{} {sql}", tag.comment());
+                let text = tag.apply(&sql);
                 if self.verbose {
                     eprintln!("[{:?}] client {i} sends {text}", self.now);
                 }
                 let c = &mut self.clients[i];
                 c.to_session
                     .extend_from_slice(&backend::query_request(&text));
+                c.awaiting = Some(Awaiting::Answer(AnswerReader::new(c.deprecate_eof, false)));
+            }
+            Next::MultiOn => {
+                let c = &mut self.clients[i];
+                c.to_session
+                    .extend_from_slice(&crate::client::set_option_request(true));
                 c.awaiting = Some(Awaiting::Answer(AnswerReader::new(c.deprecate_eof, false)));
             }
             Next::Reset => {
@@ -425,7 +431,7 @@ impl World {
                     session: c.name(),
                     op: id,
                 };
-                let text = format!("{} {sql}", tag.comment());
+                let text = tag.apply(&sql);
                 self.log(|| format!("client {i} prepares {text} with {params:?}"));
                 let c = &mut self.clients[i];
                 let mut p = vec![cmd::STMT_PREPARE];
@@ -923,7 +929,10 @@ fn random_op(rng: &mut StdRng, client: usize, n: usize) -> OpKind {
             keys: [rng.gen_range(0..KV_KEYS), rng.gen_range(0..KV_KEYS)],
             value: format!("t{unique}"),
         },
-        92..=96 => OpKind::SetVar,
+        92..=94 => OpKind::SetVar,
+        95..=97 => OpKind::MultiIncrement {
+            key: rng.gen_range(0..COUNTER_KEYS),
+        },
         _ => OpKind::Reset,
     }
 }

@@ -18,6 +18,7 @@ use crate::client::{Answer, ClientError, SimClient};
 use crate::engine::Tag;
 use crate::history::{History, Op, OpKind, Outcome};
 use crate::prepared::Param;
+use tessera_core::backend;
 
 /// Keys of the sharded register table `kv` (spread over both nodes).
 pub const KV_KEYS: i64 = 8;
@@ -106,7 +107,7 @@ impl Runner {
             session: conn.session.clone(),
             op,
         };
-        let text = format!("{} {sql}", tag.comment());
+        let text = tag.apply(&sql);
         let r = match params {
             Some(params) => {
                 tokio::time::timeout(OP_TIMEOUT, conn.client.prepared(&text, params)).await
@@ -125,10 +126,20 @@ impl Runner {
 
     /// COM_RESET_CONNECTION; a broken answer drops the connection.
     async fn reset(&mut self) -> StmtResult {
+        self.command(backend::reset_request()).await
+    }
+
+    /// COM_SET_OPTION: multi-statements on.
+    async fn multi_on(&mut self) -> StmtResult {
+        self.command(crate::client::set_option_request(true)).await
+    }
+
+    /// A command other than a query, answered by OK, EOF or ERR.
+    async fn command(&mut self, packet: bytes::Bytes) -> StmtResult {
         let Some(conn) = self.conn.as_mut() else {
             return StmtResult::Broken("no connection".into());
         };
-        let result = match tokio::time::timeout(OP_TIMEOUT, conn.client.reset()).await {
+        let result = match tokio::time::timeout(OP_TIMEOUT, conn.client.command(&packet)).await {
             Ok(r) => classify(r),
             Err(_) => StmtResult::Broken("client timeout".into()),
         };
@@ -175,6 +186,7 @@ impl Runner {
             match program.next(last.take()) {
                 Next::Send(sql) => last = Some(self.statement(id, &sql, None).await),
                 Next::Reset => last = Some(self.reset().await),
+                Next::MultiOn => last = Some(self.multi_on().await),
                 Next::Prepared(sql, params) => {
                     last = Some(self.statement(id, &sql, Some(&params)).await)
                 }
@@ -188,6 +200,8 @@ impl Runner {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
     Send(String),
+    /// Turn multi-statements on (COM_SET_OPTION).
+    MultiOn,
     /// Send COM_RESET_CONNECTION.
     Reset,
     /// Prepare the statement, execute it with the values, close it.
@@ -213,6 +227,8 @@ pub struct Program {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Stage {
+    /// Turning multi-statements on, before the single (multi-statement) query.
+    MultiOn,
     /// Single statement: waiting for its answer.
     Single,
     /// Transaction: BEGIN and body statements sent one by one.
@@ -278,6 +294,14 @@ impl Program {
                 p.reset = true;
                 p
             }
+            OpKind::MultiIncrement { key } => {
+                let mut p = single(format!(
+                    "BEGIN; {m} INSERT INTO counters (k, v) VALUES ({key}, 1) ON DUPLICATE KEY UPDATE v = v + 1; {m} COMMIT",
+                    m = Tag::MARK
+                ));
+                p.stage = Stage::MultiOn;
+                p
+            }
             OpKind::Increment { key } => Program {
                 kind: kind.clone(),
                 queue: [
@@ -309,6 +333,9 @@ impl Program {
     /// The next statement, given the answer to the last one (`None` at first).
     pub fn next(&mut self, last: Option<StmtResult>) -> Next {
         let Some(last) = last else {
+            if self.stage == Stage::MultiOn {
+                return Next::MultiOn;
+            }
             let sql = self.queue.pop_front().unwrap_or_default();
             if self.reset {
                 return Next::Reset;
@@ -319,7 +346,21 @@ impl Program {
             };
         };
         match self.stage.clone() {
-            Stage::Single => Next::Done(self.single_outcome(last)),
+            Stage::MultiOn => match last {
+                StmtResult::Ok(_) => {
+                    self.stage = Stage::Single;
+                    Next::Send(self.queue.pop_front().unwrap_or_default())
+                }
+                StmtResult::Failed(e) | StmtResult::Broken(e) => Next::Done(Outcome::Fail(e)),
+            },
+            Stage::Single => match (last, &self.kind) {
+                // The query stopped at an error, maybe inside its transaction.
+                (StmtResult::Failed(e), OpKind::MultiIncrement { .. }) => {
+                    self.stage = Stage::Rollback(e);
+                    Next::Send("ROLLBACK".into())
+                }
+                (last, _) => Next::Done(self.single_outcome(last)),
+            },
             Stage::Body => match last {
                 StmtResult::Ok(answer) => {
                     if let (OpKind::Increment { key }, Answer::Rows(rows)) = (&self.kind, &answer) {
@@ -490,7 +531,10 @@ impl Workload {
                     keys: [rng.gen_range(0..KV_KEYS), rng.gen_range(0..KV_KEYS)],
                     value: format!("t{unique}"),
                 },
-                94..=96 => OpKind::SetVar,
+                94..=95 => OpKind::SetVar,
+                96..=97 => OpKind::MultiIncrement {
+                    key: rng.gen_range(0..COUNTER_KEYS),
+                },
                 _ => OpKind::Reset,
             };
             let read_back = read_back(&kind).filter(|_| r.user == "ryw" && rng.gen_bool(0.5));

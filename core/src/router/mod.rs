@@ -207,7 +207,10 @@ impl Router {
                 body.trim()
             ));
         }
+        // `BEGIN; INSERT …; COMMIT` is not a BEGIN: the statements go as one.
+        let several = several_statements(body);
         match word.to_ascii_lowercase().as_str() {
+            _ if several => {}
             "begin" => return Plan::Begin,
             "start" if second_word(body).eq_ignore_ascii_case("transaction") => return Plan::Begin,
             "commit" => return Plan::Commit,
@@ -222,7 +225,12 @@ impl Router {
         }
         // Lower-cased once: the keyword checks and the table-name scan share it.
         let lower = body.to_ascii_lowercase();
-        let access = keyword_access(word, &lower);
+        // Any of several statements may write: they go to a primary.
+        let access = if several {
+            Access::Write
+        } else {
+            keyword_access(word, &lower)
+        };
         let default_node = hints.node.unwrap_or(self.schema.default_node);
         let simple = |access: Access| match access {
             _ if hints.node.is_none() && is_session_bound(word, &lower) => Plan::Sticky,
@@ -462,6 +470,44 @@ impl Router {
         }
         (hints, rest)
     }
+}
+
+/// Whether the text holds more than one statement: something other than
+/// blanks and comments after a `;` outside quotes and comments.
+fn several_statements(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    let mut after_semicolon = false;
+    while i < b.len() {
+        match b[i] {
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = sql[i + 2..].find("*/").map_or(b.len(), |e| i + 2 + e + 2);
+                continue;
+            }
+            b'#' => {
+                i = sql[i..].find('\n').map_or(b.len(), |e| i + e + 1);
+                continue;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-')
+                && b.get(i + 2).is_none_or(|c| c.is_ascii_whitespace()) =>
+            {
+                i = sql[i..].find('\n').map_or(b.len(), |e| i + e + 1);
+                continue;
+            }
+            b';' => after_semicolon = true,
+            c if c.is_ascii_whitespace() => {}
+            _ if after_semicolon => return true,
+            q @ (b'\'' | b'"' | b'`') => {
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += if b[i] == b'\\' && q != b'`' { 2 } else { 1 };
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    false
 }
 
 fn first_word(s: &str) -> &str {

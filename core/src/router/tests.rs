@@ -960,3 +960,24 @@ fn select_star_with_hidden_columns_names_its_tables() {
             .contains("USING")
     );
 }
+
+/// Found by the simulation (`TESSERA_SIM_SEED=293 cargo run -p tessera-sim
+/// -- --tier 1 --seeds 1`): `BEGIN; INSERT …; COMMIT` in one query was taken
+/// for a lone BEGIN (held back, then sent wherever the next statement went),
+/// and `SELECT …; UPDATE …` went to a replica.
+#[test]
+fn several_statements_in_one_query_go_to_a_primary_as_one() {
+    let r = router();
+    let p = r.route("BEGIN; INSERT INTO t VALUES (1); COMMIT");
+    assert_eq!(single(&p).1, Access::Write, "{p:?}");
+    let p = r.route("SELECT 1; UPDATE t SET a = 1");
+    assert_eq!(single(&p).1, Access::Write, "{p:?}");
+    // One statement with a trailing `;` or comment is still one.
+    assert_eq!(r.route("BEGIN;"), Plan::Begin);
+    assert_eq!(r.route("COMMIT ; -- done"), Plan::Commit);
+    assert_eq!(
+        single(&r.route("SELECT ';' FROM t; /* c */")).1,
+        Access::Read
+    );
+    assert_eq!(single(&r.route("SELECT 1 # ; x\n")).1, Access::Read);
+}
