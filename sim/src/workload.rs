@@ -107,7 +107,7 @@ impl Runner {
             session: conn.session.clone(),
             op,
         };
-        let text = tag.apply(&sql);
+        let text = tag.apply(sql);
         let r = match params {
             Some(params) => {
                 tokio::time::timeout(OP_TIMEOUT, conn.client.prepared(&text, params)).await
