@@ -2978,6 +2978,20 @@ mod tests {
         assert!(!d.closed);
     }
 
+    /// A backend's answer to `SELECT 1` (CLIENT_DEPRECATE_EOF).
+    fn select_one_answer() -> BytesMut {
+        let col = mysql_common::packets::Column::new(
+            mysql_common::constants::ColumnType::MYSQL_TYPE_LONGLONG,
+        )
+        .with_name(b"1");
+        protocol::encode_text_result(
+            &[col],
+            &[vec![Some(&b"1"[..])]],
+            true,
+            StatusFlags::SERVER_STATUS_AUTOCOMMIT,
+        )
+    }
+
     #[test]
     fn query_round_trip_forwards_the_response_untouched() {
         let now = Instant::now();
@@ -2986,16 +3000,7 @@ mod tests {
         assert!(drain(&mut s).acquire);
         let sent = attach_and_restore(&mut s, now, client_caps());
         assert_eq!(&sent[4..], b"\x03SELECT 1");
-        let col = mysql_common::packets::Column::new(
-            mysql_common::constants::ColumnType::MYSQL_TYPE_LONGLONG,
-        )
-        .with_name(b"1");
-        let wire = protocol::encode_text_result(
-            &[col],
-            &[vec![Some(&b"1"[..])]],
-            true,
-            StatusFlags::SERVER_STATUS_AUTOCOMMIT,
-        );
+        let wire = select_one_answer();
         let got = feed_backend(&mut s, now, &wire, &[3, 7, 1, 50]);
         assert_eq!(got, wire.to_vec());
         assert!(s.is_idle());
@@ -3057,16 +3062,7 @@ mod tests {
             s.handle_client_data(now, &mut framed(0, b"\x03SELECT 1"));
             drain(&mut s);
             attach_and_restore(&mut s, now, client_caps());
-            let col = mysql_common::packets::Column::new(
-                mysql_common::constants::ColumnType::MYSQL_TYPE_LONGLONG,
-            )
-            .with_name(b"1");
-            let wire = protocol::encode_text_result(
-                &[col],
-                &[vec![Some(&b"1"[..])]],
-                true,
-                StatusFlags::SERVER_STATUS_AUTOCOMMIT,
-            );
+            let wire = select_one_answer();
             // The column count alone, or everything up to the last row.
             let upto = if forwarded_rows { wire.len() - 11 } else { 5 };
             let mut part = BytesMut::from(&wire[..upto]);

@@ -114,7 +114,8 @@ impl SimClient {
         answer
     }
 
-    /// A one-packet command (COM_RESET_CONNECTION, COM_SET_OPTION) and its answer.
+    /// A one-packet command (COM_QUERY, COM_RESET_CONNECTION, COM_SET_OPTION)
+    /// and its answer.
     pub async fn command(&mut self, packet: &[u8]) -> Result<Answer, ClientError> {
         self.stream
             .write_all(packet)
@@ -130,17 +131,7 @@ impl SimClient {
     }
 
     pub async fn query(&mut self, sql: &str) -> Result<Answer, ClientError> {
-        self.stream
-            .write_all(&backend::query_request(sql))
-            .await
-            .map_err(|e| ClientError::Io(e.to_string()))?;
-        let mut reader = AnswerReader::new(self.deprecate_eof, false);
-        loop {
-            let p = read_packet(&mut self.stream, &mut self.buf).await?;
-            if let Some(answer) = reader.packet(&p) {
-                return answer;
-            }
-        }
+        self.command(&backend::query_request(sql)).await
     }
 }
 

@@ -17,9 +17,13 @@ pub enum Param {
     Null,
 }
 
-/// The `?` placeholders of a statement, by byte offset (outside quotes and
-/// comments).
+/// The `?` placeholders of a statement, by byte offset.
 pub fn placeholders(sql: &str) -> Vec<usize> {
+    unquoted(sql, b'?')
+}
+
+/// Where `byte` stands in `sql` outside quotes and `/* */` comments.
+pub fn unquoted(sql: &str, byte: u8) -> Vec<usize> {
     let b = sql.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -34,7 +38,7 @@ pub fn placeholders(sql: &str) -> Vec<usize> {
             b'/' if b.get(i + 1) == Some(&b'*') => {
                 i = sql[i + 2..].find("*/").map_or(b.len(), |e| i + 2 + e + 1);
             }
-            b'?' => out.push(i),
+            c if c == byte => out.push(i),
             _ => {}
         }
         i += 1;

@@ -448,29 +448,13 @@ fn syntax_error(sql: &str) -> Reply {
 
 /// The statements of a COM_QUERY: split at `;` outside quotes and comments.
 pub fn split_statements(sql: &str) -> Vec<String> {
-    let b = sql.as_bytes();
     let mut out = Vec::new();
-    let (mut start, mut i) = (0, 0);
-    while i < b.len() {
-        match b[i] {
-            q @ (b'\'' | b'"' | b'`') => {
-                i += 1;
-                while i < b.len() && b[i] != q {
-                    i += if b[i] == b'\\' { 2 } else { 1 };
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                i = sql[i + 2..].find("*/").map_or(b.len(), |e| i + 2 + e + 1);
-            }
-            b';' => {
-                out.push(sql[start..i].trim().to_string());
-                start = i + 1;
-            }
-            _ => {}
-        }
-        i += 1;
+    let mut start = 0;
+    for at in prepared::unquoted(sql, b';') {
+        out.push(sql[start..at].trim().to_string());
+        start = at + 1;
     }
-    out.push(sql[start.min(sql.len())..].trim().to_string());
+    out.push(sql[start..].trim().to_string());
     out.retain(|s| !s.is_empty());
     if out.is_empty() {
         out.push(String::new());

@@ -30,9 +30,7 @@ use crate::engine::{Engine, SharedTrace, Tag};
 use crate::history::{Evidence, History, Op, OpKind, Outcome};
 use crate::prepared::{self, Param};
 use crate::server::{ServerConn, PASSWORD};
-use crate::workload::{
-    classify, read_back, Next, Program, COUNTER_KEYS, KV_KEYS, LIST_KEYS, USERS,
-};
+use crate::workload::{classify, final_reads, random_op, read_back, Next, Program, USERS};
 
 /// The outcome of one tier-1 seed.
 #[derive(Debug, Clone)]
@@ -168,7 +166,7 @@ impl World {
                 let mut script = VecDeque::new();
                 let ryw = USERS[index % USERS.len()] == "ryw";
                 for n in 0..OPS_PER_CLIENT {
-                    let op = random_op(&mut rng, index, n);
+                    let op = random_op(&mut rng, format!("{index}-{n}"));
                     let read = read_back(&op).filter(|_| ryw && rng.gen_bool(0.5));
                     script.push_back((op, false));
                     if let Some(read) = read {
@@ -251,26 +249,8 @@ impl World {
                 self.faults = false;
                 for c in &mut self.clients {
                     // Every kv key in one merged read, and the lists by one client.
-                    c.script.push_back((
-                        OpKind::Range {
-                            lo: 0,
-                            hi: KV_KEYS,
-                            primary: true,
-                        },
-                        true,
-                    ));
-                    if c.index == 0 {
-                        for key in 0..LIST_KEYS {
-                            c.script.push_back((
-                                OpKind::Read {
-                                    table: "lists",
-                                    key,
-                                    primary: true,
-                                    prepared: false,
-                                },
-                                true,
-                            ));
-                        }
+                    for kind in final_reads(c.index == 0) {
+                        c.script.push_back((kind, true));
                     }
                     c.awaiting = None;
                     // A fresh session for the final reads.
@@ -895,45 +875,6 @@ fn chunk(rng: &mut StdRng, len: usize) -> usize {
         len
     } else {
         rng.gen_range(1..len)
-    }
-}
-
-fn random_op(rng: &mut StdRng, client: usize, n: usize) -> OpKind {
-    let unique = format!("{client}-{n}");
-    match rng.gen_range(0..100) {
-        0..=19 => OpKind::Write {
-            key: rng.gen_range(0..KV_KEYS),
-            value: unique,
-            insert: rng.gen_bool(0.2),
-            prepared: rng.gen_bool(0.3),
-        },
-        20..=34 => OpKind::Append {
-            key: rng.gen_range(0..LIST_KEYS),
-            elem: unique,
-        },
-        35..=59 => OpKind::Read {
-            table: if rng.gen_bool(0.7) { "kv" } else { "lists" },
-            key: rng.gen_range(0..KV_KEYS.min(LIST_KEYS)),
-            primary: rng.gen_bool(0.5),
-            prepared: rng.gen_bool(0.3),
-        },
-        60..=67 => OpKind::Range {
-            lo: 0,
-            hi: KV_KEYS,
-            primary: rng.gen_bool(0.5),
-        },
-        68..=81 => OpKind::Increment {
-            key: rng.gen_range(0..COUNTER_KEYS),
-        },
-        82..=91 => OpKind::Transfer {
-            keys: [rng.gen_range(0..KV_KEYS), rng.gen_range(0..KV_KEYS)],
-            value: format!("t{unique}"),
-        },
-        92..=94 => OpKind::SetVar,
-        95..=97 => OpKind::MultiIncrement {
-            key: rng.gen_range(0..COUNTER_KEYS),
-        },
-        _ => OpKind::Reset,
     }
 }
 

@@ -447,6 +447,83 @@ pub fn read_back(kind: &OpKind) -> Option<OpKind> {
     })
 }
 
+/// The reads every client makes once the faults healed, on the primaries:
+/// every `kv` key in one merged read, and (`lists`) every list.
+pub fn final_reads(lists: bool) -> Vec<OpKind> {
+    let mut reads = vec![OpKind::Range {
+        lo: 0,
+        hi: KV_KEYS,
+        primary: true,
+    }];
+    if lists {
+        reads.extend((0..LIST_KEYS).map(|key| OpKind::Read {
+            table: "lists",
+            key,
+            primary: true,
+            prepared: false,
+        }));
+    }
+    reads
+}
+
+/// One operation of the workload mix; `unique` makes its written value
+/// unique in the run.
+pub fn random_op(rng: &mut StdRng, unique: String) -> OpKind {
+    match rng.gen_range(0..100) {
+        0..=19 => OpKind::Write {
+            key: rng.gen_range(0..KV_KEYS),
+            value: unique,
+            insert: false,
+            prepared: rng.gen_bool(0.3),
+        },
+        20..=24 => OpKind::Write {
+            key: rng.gen_range(0..KV_KEYS),
+            value: unique,
+            insert: true,
+            prepared: rng.gen_bool(0.3),
+        },
+        25..=39 => OpKind::Append {
+            key: rng.gen_range(0..LIST_KEYS),
+            elem: unique,
+        },
+        40..=54 => OpKind::Read {
+            table: "kv",
+            key: rng.gen_range(0..KV_KEYS),
+            primary: false,
+            prepared: rng.gen_bool(0.3),
+        },
+        55..=62 => OpKind::Read {
+            table: "kv",
+            key: rng.gen_range(0..KV_KEYS),
+            primary: true,
+            prepared: rng.gen_bool(0.3),
+        },
+        63..=70 => OpKind::Read {
+            table: "lists",
+            key: rng.gen_range(0..LIST_KEYS),
+            primary: rng.gen_bool(0.5),
+            prepared: false,
+        },
+        71..=75 => OpKind::Range {
+            lo: 0,
+            hi: KV_KEYS,
+            primary: rng.gen_bool(0.5),
+        },
+        76..=87 => OpKind::Increment {
+            key: rng.gen_range(0..COUNTER_KEYS),
+        },
+        88..=93 => OpKind::Transfer {
+            keys: [rng.gen_range(0..KV_KEYS), rng.gen_range(0..KV_KEYS)],
+            value: format!("t{unique}"),
+        },
+        94..=95 => OpKind::SetVar,
+        96..=97 => OpKind::MultiIncrement {
+            key: rng.gen_range(0..COUNTER_KEYS),
+        },
+        _ => OpKind::Reset,
+    }
+}
+
 /// Sorts a statement's result: definite errors (nothing happened) from
 /// broken answers (anything may have happened).
 pub fn classify(r: Result<Answer, ClientError>) -> StmtResult {
@@ -484,59 +561,7 @@ impl Workload {
             }
             values += 1;
             let unique = format!("{}-{values}", self.client);
-            let kind = match rng.gen_range(0..100) {
-                0..=19 => OpKind::Write {
-                    key: rng.gen_range(0..KV_KEYS),
-                    value: unique,
-                    insert: false,
-                    prepared: rng.gen_bool(0.3),
-                },
-                20..=24 => OpKind::Write {
-                    key: rng.gen_range(0..KV_KEYS),
-                    value: unique,
-                    insert: true,
-                    prepared: rng.gen_bool(0.3),
-                },
-                25..=39 => OpKind::Append {
-                    key: rng.gen_range(0..LIST_KEYS),
-                    elem: unique,
-                },
-                40..=54 => OpKind::Read {
-                    table: "kv",
-                    key: rng.gen_range(0..KV_KEYS),
-                    primary: false,
-                    prepared: rng.gen_bool(0.3),
-                },
-                55..=62 => OpKind::Read {
-                    table: "kv",
-                    key: rng.gen_range(0..KV_KEYS),
-                    primary: true,
-                    prepared: rng.gen_bool(0.3),
-                },
-                63..=70 => OpKind::Read {
-                    table: "lists",
-                    key: rng.gen_range(0..LIST_KEYS),
-                    primary: rng.gen_bool(0.5),
-                    prepared: false,
-                },
-                71..=75 => OpKind::Range {
-                    lo: 0,
-                    hi: KV_KEYS,
-                    primary: rng.gen_bool(0.5),
-                },
-                76..=87 => OpKind::Increment {
-                    key: rng.gen_range(0..COUNTER_KEYS),
-                },
-                88..=93 => OpKind::Transfer {
-                    keys: [rng.gen_range(0..KV_KEYS), rng.gen_range(0..KV_KEYS)],
-                    value: format!("t{unique}"),
-                },
-                94..=95 => OpKind::SetVar,
-                96..=97 => OpKind::MultiIncrement {
-                    key: rng.gen_range(0..COUNTER_KEYS),
-                },
-                _ => OpKind::Reset,
-            };
+            let kind = random_op(&mut rng, unique);
             let read_back = read_back(&kind).filter(|_| r.user == "ryw" && rng.gen_bool(0.5));
             r.run(kind, false).await;
             if let Some(read) = read_back {
@@ -556,29 +581,8 @@ impl Workload {
             tokio::time::sleep(self.healed_by - now).await;
         }
         r.conn = None;
-        for key in 0..KV_KEYS {
-            r.run(
-                OpKind::Read {
-                    table: "kv",
-                    key,
-                    primary: true,
-                    prepared: false,
-                },
-                true,
-            )
-            .await;
-        }
-        for key in 0..LIST_KEYS {
-            r.run(
-                OpKind::Read {
-                    table: "lists",
-                    key,
-                    primary: true,
-                    prepared: false,
-                },
-                true,
-            )
-            .await;
+        for kind in final_reads(true) {
+            r.run(kind, true).await;
         }
         Ok(())
     }
