@@ -53,6 +53,18 @@ fn main() {
         .unwrap_or(1);
     if tier1 {
         let started = Instant::now();
+        if verbose {
+            let reports: Vec<_> = (first..first + seeds.min(200))
+                .map(|s| tessera_sim::tier1::run_with_mutant(s, mutant))
+                .collect();
+            let steps: u64 = reports.iter().map(|r| r.steps).sum();
+            let ops: usize = reports.iter().map(|r| r.ops).sum();
+            println!(
+                "tier 1: {:.0} steps and {:.1} operations a seed",
+                steps as f64 / reports.len() as f64,
+                ops as f64 / reports.len() as f64
+            );
+        }
         let failing = tessera_sim::tier1::campaign(first, seeds, mutant);
         let secs = started.elapsed().as_secs_f64();
         for r in &failing {

@@ -32,6 +32,18 @@ use crate::prepared::{self, Param};
 use crate::server::{ServerConn, PASSWORD};
 use crate::workload::{classify, final_reads, random_op, read_back, Next, Program, USERS};
 
+thread_local! {
+    /// The proxy's context, built once a thread (parsing the config and
+    /// building the router cost more than a seed).
+    static CONTEXT: Arc<SessionContext> = {
+        let ctx = tessera_core::testing::context_from_config(&crate::scenario::proxy_config_text());
+        let mut ctx = Arc::try_unwrap(ctx).unwrap_or_else(|_| unreachable!("a fresh context"));
+        // As in tier 2's config: a silent backend is given up after 1.5 s.
+        ctx.backend_read_timeout = Some(Duration::from_millis(1500));
+        Arc::new(ctx)
+    };
+}
+
 /// The outcome of one tier-1 seed.
 #[derive(Debug, Clone)]
 pub struct Tier1Report {
@@ -60,6 +72,16 @@ struct Link {
     to_session: Vec<u8>,
     /// The session's read buffer for this connection.
     session_buf: BytesMut,
+}
+
+/// A movement of bytes (or a client's next request) the scheduler may pick.
+#[derive(Debug, Clone, Copy)]
+enum Move {
+    ClientActs,
+    ToSession,
+    ToClient,
+    ToServer,
+    FromServer,
 }
 
 /// What the client waits for.
@@ -141,12 +163,15 @@ pub fn run_with_mutant(seed: u64, mutant: Option<Mutant>) -> Tier1Report {
 impl World {
     fn new(seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
-        let ctx = tessera_core::testing::context_from_config(&crate::scenario::proxy_config_text());
-        let mut ctx = Arc::try_unwrap(ctx).unwrap_or_else(|_| unreachable!("a fresh context"));
-        // As in tier 2's config: a silent backend is given up after 1.5 s.
-        ctx.backend_read_timeout = Some(Duration::from_millis(1500));
-        let ctx = Arc::new(ctx);
+        let ctx = CONTEXT.with(Arc::clone);
         let topology = ctx.router.topology.clone();
+        // The context is the thread's, its router's plan cache warm (plans
+        // equal fresh parses; only speed depends on it); what a seed changes
+        // in the topology starts afresh.
+        for id in 0..topology.backends.len() {
+            topology.set_up(BackendId(id as u16), true);
+            topology.set_position(BackendId(id as u16), None);
+        }
         let mut engines = Vec::new();
         let mut engine_of = Vec::new();
         let mut replica_of = BTreeMap::new();
@@ -303,17 +328,60 @@ impl World {
 
     /// One event, chosen by the seed among those possible now.
     fn step(&mut self) {
-        let i = self.rng.gen_range(0..self.clients.len());
+        // Now and then the world moves on its own: time, replication, faults.
         match self.rng.gen_range(0..100) {
-            0..=19 => self.client_acts(i),
-            20..=39 => self.deliver_to_session(i),
-            40..=54 => self.deliver_to_client(i),
-            55..=69 => self.deliver_to_server(i),
-            70..=89 => self.deliver_from_server(i),
-            90..=95 => self.advance_time(),
-            96..=97 => self.replicate(),
-            _ if self.faults && self.rng.gen_bool(0.05) => self.fault(i),
+            0..=5 => return self.advance_time(),
+            6..=7 => return self.replicate(),
+            8 if self.faults && self.rng.gen_bool(0.25) => {
+                let i = self.rng.gen_range(0..self.clients.len());
+                return self.fault(i);
+            }
             _ => {}
+        }
+        // Else one of the byte movements that can happen now.
+        let mut moves: Vec<(usize, Move)> = Vec::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            let wants_client = c.session.as_ref().is_some_and(|s| s.wants_client_data());
+            let idle = c.login.is_none() && c.awaiting.is_none();
+            if c.session.is_none()
+                || (idle && (c.op.is_some() || !c.script.is_empty()))
+                || c.session.as_ref().is_some_and(|s| s.is_closed())
+            {
+                moves.push((i, Move::ClientActs));
+            }
+            if !c.to_session.is_empty() && wants_client {
+                moves.push((i, Move::ToSession));
+            }
+            if !c.to_client.is_empty() {
+                moves.push((i, Move::ToClient));
+            }
+            if c.links
+                .values()
+                .any(|l| !l.to_server.is_empty() || l.server.is_blocked())
+            {
+                moves.push((i, Move::ToServer));
+            }
+            let from_server = c.links.iter().any(|(id, l)| {
+                !l.to_session.is_empty()
+                    && c.session
+                        .as_ref()
+                        .is_some_and(|s| s.wants_backend_data(*id))
+            });
+            if from_server {
+                moves.push((i, Move::FromServer));
+            }
+        }
+        if moves.is_empty() {
+            // Everyone waits: on a timer, a lock, or a replica.
+            return self.advance_time();
+        }
+        let (i, m) = moves[self.rng.gen_range(0..moves.len())];
+        match m {
+            Move::ClientActs => self.client_acts(i),
+            Move::ToSession => self.deliver_to_session(i),
+            Move::ToClient => self.deliver_to_client(i),
+            Move::ToServer => self.deliver_to_server(i),
+            Move::FromServer => self.deliver_from_server(i),
         }
     }
 
