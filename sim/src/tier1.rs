@@ -277,9 +277,10 @@ impl World {
                     for kind in final_reads(c.index == 0) {
                         c.script.push_back((kind, true));
                     }
-                    c.awaiting = None;
-                    // A fresh session for the final reads.
-                    c.session = None;
+                }
+                // Fresh sessions for the final reads.
+                for i in 0..self.clients.len() {
+                    self.hang_up(i);
                 }
             }
             if healed
@@ -401,6 +402,16 @@ impl World {
             return;
         }
         if c.op.is_none() {
+            if c.script.is_empty() {
+                return;
+            }
+            // Now and then a client hangs up between operations, so its
+            // backend connections go back to the pool for others.
+            if self.rng.gen_bool(0.1) {
+                self.hang_up(i);
+                return;
+            }
+            let c = &mut self.clients[i];
             let Some((kind, after_heal)) = c.script.pop_front() else {
                 return;
             };
