@@ -14,12 +14,14 @@
 #   SHARDS=1 (>1: sbtest1 is declared sharded by id over SHARDS nodes, 4
 #            sub-tables each; "direct" is sysbench at shard 1's primary on the
 #            plain table, "tessera" goes through the sharded proxy)
+#   SYSBENCH_ARGS="" (more options for every `sysbench run`, e.g.
+#            "--skip_trx=on": a Tessera transaction stays on one node)
 #
 # Exits non-zero if any sysbench run failed or reported errors.
 set -euo pipefail
 
 usage() {
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
     cat <<'EOF'
 
 Flags: --threads N --time S --rounds N --table-size N --tests "A B" --modes "A B"
@@ -36,6 +38,7 @@ MODES=${MODES:-"disable auto"}
 PROXY_PORT=${PROXY_PORT:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
 SHARDS=${SHARDS:-1}
+SYSBENCH_ARGS=${SYSBENCH_ARGS:-}
 READY_TIMEOUT=${READY_TIMEOUT:-120}
 
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -87,6 +90,7 @@ done
 ((ROUNDS >= 1 && THREADS >= 1 && TIME >= 1)) || die "THREADS, TIME and ROUNDS must be at least 1"
 read -r -a tests <<<"$TESTS"
 read -r -a modes <<<"$MODES"
+read -r -a extra_args <<<"$SYSBENCH_ARGS"
 ((${#tests[@]} > 0)) || die "TESTS is empty"
 ((${#modes[@]} > 0)) || die "MODES is empty"
 
@@ -274,7 +278,7 @@ run_sysbench() {
     run_ok=1
     if ! sysbench "$test" "${common_args[@]}" --mysql-host=127.0.0.1 --mysql-port="$port" \
         --threads="$THREADS" --time="$TIME" --report-interval=0 --db-ps-mode="$mode" \
-        --mysql-ignore-errors=none run >"$logfile" 2>&1; then
+        --mysql-ignore-errors=none "${extra_args[@]}" run >"$logfile" 2>&1; then
         run_ok=0
     fi
     run_qps=$(awk '/^[[:space:]]*queries:/ { gsub(/[()]/, "", $3); print $3; exit }' "$logfile")

@@ -1,6 +1,7 @@
 //! Tessera's production adapters: tokio sockets around the sans-IO core, the
 //! backend pool, logs, the MariaDB process harness and the playground.
 
+pub mod capture;
 pub mod logs;
 pub mod mariadbd;
 pub mod playground;

@@ -25,6 +25,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::capture::{CaptureDir, ConnCapture};
 use crate::logs::StatementLogger;
 use crate::pool::{BackendConn, Pool, PoolError};
 use crate::replicas;
@@ -65,6 +66,8 @@ pub struct Shared<C: Connector> {
     track_positions: bool,
     /// Source of handshake nonces: OS entropy in production, a seed in simulation.
     rng: Mutex<rand::rngs::StdRng>,
+    /// Capture mode (`TESSERA_CAPTURE_DIR`): where connections' bytes go.
+    pub capture: Option<Arc<CaptureDir>>,
 }
 
 impl<C: Connector> Shared<C> {
@@ -211,6 +214,7 @@ pub async fn build_shared_seeded<C: Connector>(
             .then(|| Duration::from_millis(config.client_idle_timeout_ms)),
         track_positions,
         rng: Mutex::new(rng),
+        capture: CaptureDir::from_env(),
     }))
 }
 
@@ -335,6 +339,7 @@ async fn admit<S: Stream, C: Connector>(
         backend_thread: handle_thread,
         kill,
         shutdown,
+        capture: shared.capture.as_ref().map(|c| c.connection()),
     };
     if let Err(e) = driver.run(peer).await {
         tracing::debug!(%peer, id, error = %e, "client connection ended with an error");
@@ -368,6 +373,8 @@ struct ClientDriver<S: Stream, C: Connector> {
     backend_thread: Arc<AtomicU32>,
     kill: Arc<Notify>,
     shutdown: watch::Receiver<bool>,
+    /// Capture mode: this connection's files.
+    capture: Option<ConnCapture>,
 }
 
 enum Event {
@@ -453,8 +460,11 @@ impl<S: Stream, C: Connector> ClientDriver<S, C> {
                 Event::Backend(id, Err(e)) => {
                     session.handle_backend_closed(now(), id, &e.to_string())
                 }
-                Event::Backend(id, Ok(_)) => {
+                Event::Backend(id, Ok(n)) => {
                     if let Some(conn) = self.backends.get_mut(&id) {
+                        if let Some(c) = &mut self.capture {
+                            c.backend(id, &conn.buf[conn.buf.len() - n..]);
+                        }
                         session.handle_backend_data(now(), id, &mut conn.buf);
                     }
                 }
@@ -463,7 +473,12 @@ impl<S: Stream, C: Connector> ClientDriver<S, C> {
                     self.drain(&mut session).await?;
                     return Ok(());
                 }
-                Event::Client(Ok(_)) => session.handle_client_data(now(), &mut client_buf),
+                Event::Client(Ok(n)) => {
+                    if let Some(c) = &mut self.capture {
+                        c.client(&client_buf[client_buf.len() - n..]);
+                    }
+                    session.handle_client_data(now(), &mut client_buf)
+                }
                 Event::Timeout => session.handle_timeout(now()),
                 Event::ClientIdle => {
                     session.handle_client_closed(now());

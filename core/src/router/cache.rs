@@ -82,8 +82,12 @@ impl Shape {
                     value.push_str(&sql[from..j]);
                     let end = j + 1;
                     let next = b[end..].iter().find(|n| !n.is_ascii_whitespace());
-                    // 'a' 'b' is one literal; 'a'b is not SQL.
-                    if b.get(end).is_some_and(|&n| is_word_byte(n)) || next == Some(&b'\'') {
+                    // 'a' 'b' is one literal; 'a'b is not SQL; 'a'. 1.5 does not
+                    // parse, but its shape ?. ? may.
+                    if b.get(end).is_some_and(|&n| is_word_byte(n))
+                        || matches!(next, Some(b'\'' | b'.'))
+                        || prev_non_space(b, i) == Some(b'.')
+                    {
                         return None;
                     }
                     push_literal(
@@ -129,6 +133,13 @@ impl Shape {
                     if b.get(j).is_some_and(|&n| is_word_byte(n) || n == b'.') {
                         return None; // 1e5, 0x1F, 1abc
                     }
+                    // A literal beside a dot (`'a'. 1.5`, `x. 1`) is not one the
+                    // scanner can be sure the parser reads as a value.
+                    if prev_non_space(b, i) == Some(b'.')
+                        || b[j..].iter().find(|n| !n.is_ascii_whitespace()) == Some(&b'.')
+                    {
+                        return None;
+                    }
                     push_literal(
                         sql,
                         &mut text,
@@ -155,6 +166,15 @@ impl Shape {
         text.push_str(&sql[copied..]);
         Some(Shape { text, literals })
     }
+}
+
+/// The last byte before `i` that is not white space.
+fn prev_non_space(b: &[u8], i: usize) -> Option<u8> {
+    b[..i]
+        .iter()
+        .rev()
+        .find(|n| !n.is_ascii_whitespace())
+        .copied()
 }
 
 fn push_literal(

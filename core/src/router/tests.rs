@@ -549,6 +549,23 @@ fn a_prepare_that_parses_to_no_statement_is_refused() {
     }
 }
 
+/// Found by the `sql` fuzz target: `'it''s'. 1.5` does not parse, but its
+/// shape `?. ?` did, so the plan cache routed to a shard what a fresh parse
+/// sends unsharded. A literal beside a dot now has no shape.
+#[test]
+fn a_literal_beside_a_dot_is_parsed_as_sent() {
+    let r = router();
+    for sql in [
+        "SELECT 'it''s'. 1.5,___________________b_______ -w3 FROM stu WHERE id = 7 /* c */",
+        "SELECT 'a' .1 FROM stu WHERE id = 7",
+        "SELECT 1 . 'a' FROM stu WHERE id = 7",
+        "SELECT x. 1 FROM stu WHERE id = 7",
+    ] {
+        assert_eq!(r.route(sql), r.route_uncached(sql), "{sql}");
+        assert_eq!(r.route(sql), r.route_uncached(sql), "{sql} (cache warm)");
+    }
+}
+
 #[test]
 fn router_is_cheap_to_share() {
     let r = Arc::new(router());
