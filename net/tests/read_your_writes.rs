@@ -21,16 +21,7 @@ struct Servers {
 impl Servers {
     fn start() -> Servers {
         let dir = scratch_dir("tessera-ryw-test");
-        let primary = MariaDb::start(&dir.join("primary"), 1).expect("primary starts");
-        primary
-            .create_user(common::USER, common::PASSWORD)
-            .expect("user created");
-        primary
-            .sql(&format!(
-                "CREATE DATABASE IF NOT EXISTS {db}; CREATE TABLE {db}.t (id INT PRIMARY KEY, v INT)",
-                db = common::DB
-            ))
-            .expect("table created");
+        let primary = common::primary_with_table(&dir.join("primary"), "id INT PRIMARY KEY, v INT");
         let replica = MariaDb::start(&dir.join("replica"), 2).expect("replica starts");
         replica
             .replicate_from(&primary)

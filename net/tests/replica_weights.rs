@@ -15,16 +15,7 @@ use tessera_net::proxy;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_follow_replica_weights_and_writes_stay_on_the_primary() {
     let dir = scratch_dir("tessera-weights-test");
-    let primary = MariaDb::start(&dir.join("primary"), 1).expect("primary starts");
-    primary
-        .create_user(common::USER, common::PASSWORD)
-        .expect("user created");
-    primary
-        .sql(&format!(
-            "CREATE DATABASE IF NOT EXISTS {db}; CREATE TABLE {db}.t (id INT PRIMARY KEY)",
-            db = common::DB
-        ))
-        .expect("table created");
+    let primary = common::primary_with_table(&dir.join("primary"), "id INT PRIMARY KEY");
     let light = MariaDb::start(&dir.join("light"), 2).expect("replica starts");
     let heavy = MariaDb::start(&dir.join("heavy"), 3).expect("replica starts");
     for r in [&light, &heavy] {

@@ -23,6 +23,19 @@ pub struct Env {
     pub config: Config,
 }
 
+/// A primary in `dir` with the test user and `CREATE TABLE test.t (<columns>)`,
+/// for tests that add replicas of their own.
+pub fn primary_with_table(dir: &std::path::Path, columns: &str) -> MariaDb {
+    let primary = MariaDb::start(dir, 1).expect("primary starts");
+    primary.create_user(USER, PASSWORD).expect("user created");
+    primary
+        .sql(&format!(
+            "CREATE DATABASE IF NOT EXISTS {DB}; CREATE TABLE {DB}.t ({columns})"
+        ))
+        .expect("table created");
+    primary
+}
+
 /// A config for a proxy on a free port in front of `backend`.
 pub fn config_for(backend: &str, extra: &str) -> Config {
     let h = PasswordHashes::from_password(PASSWORD);
