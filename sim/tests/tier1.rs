@@ -49,7 +49,7 @@ fn a_range_of_seeds_passes() {
 ///   (`Session::fail_pending`).
 /// - 293 and 297: `BEGIN; INSERT …; COMMIT` in one query was routed as a
 ///   lone BEGIN and ran wherever the next statement went
-///   (`router::several_statements`).
+///   (`router::text::statement_count`).
 #[test]
 fn seeds_that_found_bugs_pass() {
     for seed in [7, 44, 198, 293, 297, 5891, 6022, 17522, 19848, 19866, 19939] {

@@ -171,6 +171,28 @@ pub fn placeholder_offsets(sql: &str) -> Option<Vec<usize>> {
         .collect()
 }
 
+/// How many statements the text holds (`;`-separated, empty ones not
+/// counted), as the parser's tokenizer sees it; 1 if it cannot tokenize it.
+pub fn statement_count(sql: &str) -> usize {
+    let Ok(tokens) = Tokenizer::new(&MySqlDialect {}, sql).tokenize() else {
+        return 1;
+    };
+    let mut count = 0;
+    let mut in_statement = false;
+    for t in &tokens {
+        match t {
+            Token::SemiColon => in_statement = false,
+            Token::Whitespace(_) => {}
+            _ if !in_statement => {
+                in_statement = true;
+                count += 1;
+            }
+            _ => {}
+        }
+    }
+    count.max(1)
+}
+
 /// Edits to the original text, applied together.
 #[derive(Debug, Default, Clone)]
 pub struct Edits {
