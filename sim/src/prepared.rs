@@ -8,6 +8,7 @@ use mysql_common::constants::ColumnType;
 use mysql_common::packets::Column;
 use mysql_common::proto::MySerialize;
 use tessera_core::protocol::{self, cmd, StatusFlags};
+use tessera_core::shard::Literal;
 
 /// A bound parameter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -112,56 +113,25 @@ pub fn close_request(stmt_id: u32) -> Vec<u8> {
     framed(0, &p)
 }
 
-/// Parses a COM_STMT_EXECUTE's parameters (`types`: those bound before,
-/// updated when the request sends new ones).
+/// Parses a COM_STMT_EXECUTE's parameters with the proxy's own decoder
+/// (`types`: the packed types bound before, updated when the request sends
+/// new ones).
 pub fn parse_execute(payload: &[u8], count: usize, types: &mut Vec<u8>) -> Option<Vec<Param>> {
-    let mut b = payload.get(10..)?;
-    if count == 0 {
-        return Some(Vec::new());
+    let remembered = (!types.is_empty()).then_some(&types[..]);
+    let (values, sent) = tessera_core::prepared::execute_params(payload, count, remembered).ok()?;
+    if let Some(sent) = sent {
+        *types = sent.to_vec();
     }
-    let nulls = b.get(..count.div_ceil(8))?.to_vec();
-    b = &b[count.div_ceil(8)..];
-    let bound = *b.first()?;
-    b = &b[1..];
-    if bound == 1 {
-        *types = b.get(..count * 2)?.iter().step_by(2).copied().collect();
-        b = &b[count * 2..];
-    }
-    if types.len() != count {
-        return None;
-    }
-    let mut out = Vec::with_capacity(count);
-    for (i, t) in types.iter().enumerate() {
-        if nulls[i / 8] & (1 << (i % 8)) != 0 {
-            out.push(Param::Null);
-            continue;
-        }
-        let int = |b: &mut &[u8], n: usize| -> Option<i64> {
-            let bytes = b.get(..n)?;
-            let mut v = [0u8; 8];
-            v[..n].copy_from_slice(bytes);
-            *b = &b[n..];
-            // Sign-extend from n bytes.
-            let shift = 64 - 8 * n as u32;
-            Some((i64::from_le_bytes(v) << shift) >> shift)
-        };
-        let v = match ColumnType::try_from(*t).ok()? {
-            ColumnType::MYSQL_TYPE_LONGLONG => Param::Int(int(&mut b, 8)?),
-            ColumnType::MYSQL_TYPE_LONG | ColumnType::MYSQL_TYPE_INT24 => {
-                Param::Int(int(&mut b, 4)?)
-            }
-            ColumnType::MYSQL_TYPE_SHORT | ColumnType::MYSQL_TYPE_YEAR => {
-                Param::Int(int(&mut b, 2)?)
-            }
-            ColumnType::MYSQL_TYPE_TINY => Param::Int(int(&mut b, 1)?),
-            ColumnType::MYSQL_TYPE_NULL => Param::Null,
-            _ => {
-                Param::Str(String::from_utf8_lossy(protocol::read_lenenc_str(&mut b)?).into_owned())
-            }
-        };
-        out.push(v);
-    }
-    Some(out)
+    Some(
+        values
+            .into_iter()
+            .map(|v| match v {
+                Literal::Number(n) => n.parse().map(Param::Int).unwrap_or(Param::Str(n)),
+                Literal::Str(s) => Param::Str(s),
+                Literal::Null => Param::Null,
+            })
+            .collect(),
+    )
 }
 
 /// The columns a prepared statement returns: the SELECT list over `k` and
