@@ -7,6 +7,7 @@ pub mod mariadbd;
 pub mod playground;
 pub mod pool;
 pub mod proxy;
+pub mod quiet_unix;
 pub mod replicas;
 pub mod server;
 pub mod transport;

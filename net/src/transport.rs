@@ -9,6 +9,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+pub use crate::quiet_unix::QuietUnixStream;
+
 /// A byte stream to a client or a backend.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
@@ -47,7 +49,7 @@ impl Listener for TcpListener {
 /// the same host (its address is a path).
 pub enum BackendStream {
     Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
+    Unix(QuietUnixStream),
 }
 
 macro_rules! delegate {
@@ -102,9 +104,8 @@ impl Connector for TcpConnector {
 
     async fn connect(&self, addr: &str) -> io::Result<Self::Stream> {
         if is_unix_socket(addr) {
-            return Ok(BackendStream::Unix(
-                tokio::net::UnixStream::connect(addr).await?,
-            ));
+            let stream = tokio::net::UnixStream::connect(addr).await?.into_std()?;
+            return Ok(BackendStream::Unix(QuietUnixStream::new(stream)?));
         }
         let s = tokio::net::TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;

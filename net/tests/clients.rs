@@ -323,6 +323,17 @@ async fn backend_over_unix_socket() {
         .unwrap();
     let v: Option<(i32, String)> = c.exec_first("SELECT ?, DATABASE()", (5,)).await.unwrap();
     assert_eq!(v, Some((5, DB.to_string())));
+    // A statement far bigger than the socket buffer: the proxy's write to the
+    // backend blocks and has to wait for room (the stream starts read-only).
+    let big = "x".repeat(6 << 20);
+    let sql = format!(
+        "SELECT LENGTH('{big}'), MD5('{big}') = MD5(REPEAT('x', {}))",
+        big.len()
+    );
+    let v: Option<(u64, bool)> = c.query_first(sql).await.unwrap();
+    assert_eq!(v, Some((big.len() as u64, true)));
+    let v: Option<Vec<u8>> = c.query_first("SELECT REPEAT('y', 5000000)").await.unwrap();
+    assert_eq!(v.map(|b| b.len()), Some(5_000_000));
     drop(c);
     p.shutdown().await;
 }
