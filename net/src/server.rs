@@ -392,7 +392,12 @@ impl<S: Stream, C: Connector> ClientDriver<S, C> {
         let mut session = Session::new(self.shared.ctx.clone(), self.id, peer.ip(), nonce, now());
         let mut client_buf = BytesMut::with_capacity(16 * 1024);
         let mut registered_user = false;
-        let mut shutdown_closed = false;
+        // Made once, not at every turn of the loop: registering with a
+        // `Notify` or a `watch` costs a lock each time.
+        let kill = self.kill.clone();
+        let mut killed = pin!(kill.notified());
+        let mut shutdown_requested = pin!(shutdown_requested(self.shutdown.clone()));
+        let mut shutdown_seen = false;
         loop {
             self.drain(&mut session).await?;
             if session.is_closed() {
@@ -432,23 +437,18 @@ impl<S: Stream, C: Connector> ClientDriver<S, C> {
             let event = {
                 let client = &mut self.client;
                 // A streaming merge may leave a backend unread until it catches up.
-                let paused: Vec<BackendId> = self
-                    .backends
-                    .keys()
-                    .copied()
-                    .filter(|id| !session.wants_backend_data(*id))
-                    .collect();
-                let has_backend = self.backends.len() > paused.len();
-                let backend_read = read_any(&mut self.backends, &paused);
+                let wanted = |id: BackendId| session.wants_backend_data(id);
+                let has_backend = self.backends.keys().any(|id| wanted(*id));
+                let backend_read = read_any(&mut self.backends, wanted);
                 tokio::select! {
                     biased;
                     (id, r) = backend_read, if has_backend => Event::Backend(id, r),
                     r = client.read_buf(&mut client_buf), if read_client => Event::Client(r),
                     _ = sleep_until_opt(deadline), if deadline.is_some() => Event::Timeout,
                     _ = sleep_until_opt(idle_deadline), if idle_deadline.is_some() => Event::ClientIdle,
-                    _ = self.kill.notified() => Event::Killed,
-                    r = self.shutdown.changed(), if !shutdown_closed => {
-                        shutdown_closed = r.is_err();
+                    _ = &mut killed => Event::Killed,
+                    _ = &mut shutdown_requested, if !shutdown_seen => {
+                        shutdown_seen = true;
                         Event::Shutdown
                     }
                 }
@@ -646,11 +646,11 @@ impl<S: Stream, C: Connector> ClientDriver<S, C> {
 /// backend order, so simulations stay reproducible).
 async fn read_any<S: crate::transport::Stream>(
     conns: &mut BTreeMap<BackendId, BackendConn<S>>,
-    paused: &[BackendId],
+    wanted: impl Fn(BackendId) -> bool,
 ) -> (BackendId, std::io::Result<usize>) {
     std::future::poll_fn(|cx| {
         for (id, conn) in conns.iter_mut() {
-            if paused.contains(id) {
+            if !wanted(*id) {
                 continue;
             }
             let read = pin!(conn.stream.read_buf(&mut conn.buf));
@@ -661,6 +661,18 @@ async fn read_any<S: crate::transport::Stream>(
         Poll::Pending
     })
     .await
+}
+
+/// Resolves once shutdown has been asked for; never, if it cannot be any more.
+async fn shutdown_requested(mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
