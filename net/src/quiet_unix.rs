@@ -8,8 +8,10 @@
 //! in the backend's thread, and a wake-up of the proxy when it was asleep.
 //! Commands are small, so writes almost never block: registering for
 //! readability only, and adding writability the first time a write blocks,
-//! took sysbench point selects through a Unix-socket backend from 25.4k to
-//! 29.2k QPS on 2 cores (`benches/sysbench.sh`, side by side).
+//! removes that callback. Under sysbench point selects it was 2.6% of all
+//! CPU samples on a 2-core machine (`perf record -a`, MariaDB's
+//! `unix_write_space`); the QPS gain it buys is smaller than that
+//! machine's run-to-run noise.
 
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
