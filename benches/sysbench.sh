@@ -4,7 +4,8 @@
 # Starts `tessera playground` (one MariaDB + the proxy), prepares the sysbench
 # table on the backend, then for every test x ps-mode x round runs sysbench
 # directly against the backend and through the proxy, alternating which goes
-# first, and prints QPS, p95 latency, errors and the proxy's CPU time per query.
+# first, and prints QPS, p95 latency, errors, and the CPU time per query of
+# the proxy, of MariaDB and of sysbench (straight and through the proxy).
 #
 # Settings (environment variables, or the matching --flags):
 #   THREADS=8  TIME=20 (seconds per run)  ROUNDS=2  TABLE_SIZE=10000
@@ -21,7 +22,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
     cat <<'EOF'
 
 Flags: --threads N --time S --rounds N --table-size N --tests "A B" --modes "A B"
@@ -199,6 +200,13 @@ proxy_pid=${proxy_pid:-$playground_pid}
 
 log "proxy $proxy_host:$proxy_port (pid $proxy_pid), backend 127.0.0.1:$backend_port, db $db_name, user $db_user"
 
+# Every mariadbd of the playground: their CPU time per query shows what a
+# statement costs the backend, straight and through the proxy.
+backend_pids=()
+for pidfile in "$work"/playground/*/mysqld.pid; do
+    [[ -f $pidfile ]] && backend_pids+=("$(<"$pidfile")")
+done
+
 clk_tck=$(getconf CLK_TCK)
 
 # utime + stime of a process, in clock ticks.
@@ -212,6 +220,27 @@ cpu_ticks() {
     read -r -a f <<<"$stat"
     echo $((f[11] + f[12]))
 }
+
+backend_ticks() {
+    local sum=0 pid
+    for pid in "${backend_pids[@]}"; do
+        sum=$((sum + $(cpu_ticks "$pid")))
+    done
+    echo "$sum"
+}
+
+# "idle total" clock ticks of the whole machine, from /proc/stat.
+machine_ticks() {
+    awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print $5 + $6, t; exit }' /proc/stat
+}
+
+# µs of CPU per query from clock ticks.
+per_query() {
+    awk -v t="$1" -v hz="$clk_tck" -v q="$2" 'BEGIN { if (q > 0) printf "%.1f", t * 1e6 / hz / q; else print "NA" }'
+}
+
+# sysbench's own user + system time, from bash's `time`.
+TIMEFORMAT='%U %S'
 
 common_args=(
     --db-driver=mysql
@@ -272,15 +301,25 @@ if ((SHARDS > 1)); then
     log "sharded proxy on port $proxy_port (pid $proxy_pid): sbtest1 over $total sub-tables on $SHARDS nodes"
 fi
 
-# Runs one sysbench; sets run_qps, run_queries, run_p95, run_errors, run_ok.
+# Runs one sysbench; sets run_qps, run_queries, run_p95, run_errors, run_ok,
+# run_backend_us / run_client_us (CPU µs per query of MariaDB, sysbench) and
+# run_idle (% of the machine's CPU time left idle).
 run_sysbench() {
     local test=$1 mode=$2 port=$3 logfile=$4
+    local backend_before client_cpu idle_before total_before idle_after total_after
     run_ok=1
-    if ! sysbench "$test" "${common_args[@]}" --mysql-host=127.0.0.1 --mysql-port="$port" \
+    backend_before=$(backend_ticks)
+    read -r idle_before total_before < <(machine_ticks)
+    if ! { time sysbench "$test" "${common_args[@]}" --mysql-host=127.0.0.1 --mysql-port="$port" \
         --threads="$THREADS" --time="$TIME" --report-interval=0 --db-ps-mode="$mode" \
-        --mysql-ignore-errors=none "${extra_args[@]}" run >"$logfile" 2>&1; then
+        --mysql-ignore-errors=none "${extra_args[@]}" run >"$logfile" 2>&1; } 2>"$logfile.time"; then
         run_ok=0
     fi
+    run_backend_ticks=$(($(backend_ticks) - backend_before))
+    read -r idle_after total_after < <(machine_ticks)
+    run_idle=$(awk -v i=$((idle_after - idle_before)) -v t=$((total_after - total_before)) \
+        'BEGIN { if (t > 0) printf "%.0f", 100 * i / t; else print "NA" }')
+    client_cpu=$(awk '{ print $1 + $2; exit }' "$logfile.time" 2>/dev/null || true)
     run_qps=$(awk '/^[[:space:]]*queries:/ { gsub(/[()]/, "", $3); print $3; exit }' "$logfile")
     run_queries=$(awk '/^[[:space:]]*queries:/ { print $2; exit }' "$logfile")
     run_p95=$(awk '/95th percentile:/ { print $3; exit }' "$logfile")
@@ -289,6 +328,8 @@ run_sysbench() {
     run_queries=${run_queries:-0}
     run_p95=${run_p95:-NA}
     run_errors=${run_errors:-0}
+    run_backend_us=$(per_query "$run_backend_ticks" "$run_queries")
+    run_client_us=$(awk -v s="${client_cpu:-0}" -v q="$run_queries" 'BEGIN { if (q > 0 && s > 0) printf "%.1f", s * 1e6 / q; else print "NA" }')
     if [[ $run_ok != 1 || -z $(awk '/^[[:space:]]*queries:/' "$logfile") ]]; then
         run_ok=0
         echo "--- sysbench $test ($mode, port $port) failed; tail of $logfile:" >&2
@@ -304,20 +345,22 @@ for test in "${tests[@]}"; do
         for ((round = 1; round <= ROUNDS; round++)); do
             if ((round % 2 == 1)); then order=(direct tessera); else order=(tessera direct); fi
             d_qps=0 d_p95=NA d_err=0 t_qps=0 t_p95=NA t_err=0 cpu_us=NA
+            d_backend=NA t_backend=NA d_client=NA t_client=NA d_idle=NA t_idle=NA
             for target in "${order[@]}"; do
                 logfile="$work/$test.$mode.$round.$target.log"
                 log "$test ps-mode=$mode round $round/$ROUNDS: $target"
                 if [[ $target == direct ]]; then
                     run_sysbench "$test" "$mode" "$backend_port" "$logfile"
                     d_qps=$run_qps d_p95=$run_p95 d_err=$run_errors
+                    d_backend=$run_backend_us d_client=$run_client_us d_idle=$run_idle
                 else
                     before=$(cpu_ticks "$proxy_pid")
                     run_sysbench "$test" "$mode" "$proxy_port" "$logfile"
                     after=$(cpu_ticks "$proxy_pid")
                     t_qps=$run_qps t_p95=$run_p95 t_err=$run_errors
+                    t_backend=$run_backend_us t_client=$run_client_us t_idle=$run_idle
                     if ((run_queries > 0)); then
-                        cpu_us=$(awk -v t=$((after - before)) -v hz="$clk_tck" -v q="$run_queries" \
-                            'BEGIN { printf "%.2f", t * 1e6 / hz / q }')
+                        cpu_us=$(per_query $((after - before)) "$run_queries")
                     fi
                 fi
                 if [[ $run_ok != 1 ]] || ((run_errors > 0)); then
@@ -327,20 +370,21 @@ for test in "${tests[@]}"; do
                 if [[ $run_ok != 1 && $target == tessera ]]; then t_err=FAIL; fi
             done
             ratio=$(awk -v d="$d_qps" -v t="$t_qps" 'BEGIN { if (d > 0) printf "%.3f", t / d; else print "NA" }')
-            rows+=("$test|$mode|$round|$d_qps|$t_qps|$ratio|$d_p95|$t_p95|$d_err/$t_err|$cpu_us")
+            rows+=("$test|$mode|$round|$d_qps|$t_qps|$ratio|$d_p95|$t_p95|$d_err/$t_err|$cpu_us|$d_backend/$t_backend|$d_client/$t_client|$d_idle/$t_idle")
         done
     done
 done
 
 echo
 echo "sysbench: shards=$SHARDS threads=$THREADS time=${TIME}s rounds=$ROUNDS table-size=$TABLE_SIZE ($(nproc) CPUs)"
-fmt='%-18s %-8s %5s %12s %12s %8s %17s %12s %14s\n'
+echo "CPU µs/query: the proxy's; MariaDB's and sysbench's, direct/through Tessera; idle: % of all CPU"
+fmt='%-18s %-8s %5s %12s %12s %8s %17s %11s %7s %13s %13s %9s\n'
 # shellcheck disable=SC2059
-printf "$fmt" test ps-mode round "direct QPS" "tessera QPS" ratio "p95 ms dir/tes" "errors d/t" "proxy µs/query"
+printf "$fmt" test ps-mode round "direct QPS" "tessera QPS" ratio "p95 ms dir/tes" "errors d/t" proxy "mariadb d/t" "sysbench d/t" "idle d/t"
 for row in "${rows[@]}"; do
-    IFS='|' read -r test mode round d_qps t_qps ratio d_p95 t_p95 errs cpu_us <<<"$row"
+    IFS='|' read -r test mode round d_qps t_qps ratio d_p95 t_p95 errs cpu_us backend client idle <<<"$row"
     # shellcheck disable=SC2059
-    printf "$fmt" "$test" "$mode" "$round" "$d_qps" "$t_qps" "$ratio" "$d_p95/$t_p95" "$errs" "$cpu_us"
+    printf "$fmt" "$test" "$mode" "$round" "$d_qps" "$t_qps" "$ratio" "$d_p95/$t_p95" "$errs" "$cpu_us" "$backend" "$client" "$idle"
 done
 echo
 for test in "${tests[@]}"; do
