@@ -778,28 +778,35 @@ impl ConnState {
         let a = assignment(c)?;
         let key = where_key(c)?;
         c.done().then_some(())?;
-        if !self.lock(engine, &table, key) {
-            return Some(Reply::Blocked);
-        }
-        match self.read(engine, &table, key) {
-            None => Some(ok(0)),
-            Some(old) => {
-                let new = a.apply(Some(&old));
-                Some(self.write(engine, tag, &table, key, Some(new)))
-            }
-        }
+        Some(self.change_existing(engine, tag, &table, key, |old| Some(a.apply(Some(old)))))
     }
 
     fn delete(&mut self, engine: &mut Engine, c: &mut Cur, tag: Option<&Tag>) -> Option<Reply> {
         let table = c.ident()?;
         let key = where_key(c)?;
         c.done().then_some(())?;
-        if !self.lock(engine, &table, key) {
-            return Some(Reply::Blocked);
+        Some(self.change_existing(engine, tag, &table, key, |_| None))
+    }
+
+    /// UPDATE and DELETE by key: lock the row, then replace it with `new(old)`
+    /// (`None` deletes it); no row, nothing changed.
+    fn change_existing(
+        &mut self,
+        engine: &mut Engine,
+        tag: Option<&Tag>,
+        table: &str,
+        key: i64,
+        new: impl FnOnce(&str) -> Option<String>,
+    ) -> Reply {
+        if !self.lock(engine, table, key) {
+            return Reply::Blocked;
         }
-        match self.read(engine, &table, key) {
-            None => Some(ok(0)),
-            Some(_) => Some(self.write(engine, tag, &table, key, None)),
+        match self.read(engine, table, key) {
+            None => ok(0),
+            Some(old) => {
+                let value = new(&old);
+                self.write(engine, tag, table, key, value)
+            }
         }
     }
 
