@@ -3,6 +3,7 @@
 
 pub mod capture;
 pub mod logs;
+pub mod loops;
 pub mod mariadbd;
 pub mod playground;
 pub mod pool;

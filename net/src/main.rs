@@ -109,30 +109,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// The runtime: one event loop per two cores by default (at least one);
-/// `TESSERA_THREADS=N` overrides it.
-///
-/// Most of a proxied statement's cost is kernel socket work (waking the
-/// peer of every write), done in the writing thread and in softirqs; spare
-/// cores absorb it. More loops than that add cross-thread wake-ups: on 2
-/// cores, sysbench point selects ran at 0.60× direct with one loop against
-/// 0.52× with two (`benches/sysbench.sh`).
+/// The main runtime: event loop 0. The proxy starts the others on threads
+/// of their own (`TESSERA_THREADS`, default one per core; see
+/// `tessera_net::loops`).
 fn runtime() -> tokio::runtime::Runtime {
-    let threads = std::env::var("TESSERA_THREADS")
-        .ok()
-        .and_then(|t| t.parse::<usize>().ok())
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get() / 2)
-                .unwrap_or(1)
-                .max(1)
-        });
-    let mut b = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(threads);
-        b
-    };
-    b.enable_all().build().expect("tokio runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }

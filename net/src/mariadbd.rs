@@ -305,6 +305,21 @@ impl MariaDb {
         .map(|_| ())
     }
 
+    /// Waits until this replica has applied everything `primary` has written
+    /// so far (users, grants, databases), so a client sent here sees them.
+    pub fn wait_caught_up(&self, primary: &MariaDb) -> io::Result<()> {
+        let pos = primary.sql("SELECT @@gtid_binlog_pos")?;
+        let pos = pos.trim();
+        let answer = self.sql(&format!("SELECT MASTER_GTID_WAIT('{pos}', 30)"))?;
+        match answer.trim() {
+            "0" => Ok(()),
+            other => Err(io::Error::other(format!(
+                "replica on port {} did not reach the primary's GTID position {pos} within 30 s (MASTER_GTID_WAIT answered {other})",
+                self.port
+            ))),
+        }
+    }
+
     /// Makes this server a read-only replica of `primary`, by GTID.
     pub fn replicate_from(&self, primary: &MariaDb) -> io::Result<()> {
         self.sql(&format!(

@@ -57,6 +57,11 @@ pub fn start_backends(
     if shards.len() > 1 {
         create_example_tables(&shards)?;
     }
+    for shard in &shards {
+        for replica in &shard.replicas {
+            replica.wait_caught_up(&shard.primary)?;
+        }
+    }
     let text = config_text(opts, &shards);
     std::fs::write(dir.join("tessera.toml"), &text)?;
     let config = Config::from_toml(&text).map_err(|e| std::io::Error::other(e.to_string()))?;

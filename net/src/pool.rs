@@ -55,7 +55,22 @@ pub struct BackendConn<S> {
     last_used: Instant,
     /// When the backend last answered (a ping is due after `ping_interval_ms`).
     last_checked: Instant,
+    /// The event loop whose reactor the socket is registered with: only
+    /// that loop takes it from the idle list, so its reads never cross threads.
+    home: usize,
     _permit: OwnedSemaphorePermit,
+}
+
+/// Whether an idle connection is unusable: the backend closed or reset it
+/// (a restart, `wait_timeout`), or sent bytes nobody asked for. One
+/// non-blocking read; a healthy idle connection has nothing to read.
+fn hung_up<S: Stream>(stream: &mut S) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut byte = [0u8; 1];
+    let mut buf = tokio::io::ReadBuf::new(&mut byte);
+    std::pin::Pin::new(stream)
+        .poll_read(&mut cx, &mut buf)
+        .is_ready()
 }
 
 /// Reads one packet (joining 16 MiB chunks) from a stream.
@@ -327,6 +342,7 @@ impl<C: Connector> Pool<C> {
             format: format_caps,
             last_used: Instant::now(),
             last_checked: Instant::now(),
+            home: crate::loops::current(),
             _permit: permit,
         })
     }
@@ -347,10 +363,23 @@ impl<C: Connector> Pool<C> {
             })?
     }
 
+    /// An idle connection of this loop with the wanted format, skipping
+    /// (and closing) any the backend has hung up on since it went idle.
     fn take_idle(&self, wanted: CapabilityFlags) -> Option<BackendConn<C::Stream>> {
         let mut idle = self.inner.idle.lock().ok()?;
-        let pos = idle.conns.iter().rposition(|c| c.format == wanted)?;
-        Some(idle.conns.swap_remove(pos))
+        let here = crate::loops::current();
+        loop {
+            let pos = idle
+                .conns
+                .iter()
+                .rposition(|c| c.format == wanted && c.home == here)?;
+            let mut conn = idle.conns.swap_remove(pos);
+            if hung_up(&mut conn.stream) {
+                tracing::info!(addr = %self.inner.addr, "idle backend connection was closed by the backend; dropped");
+                continue;
+            }
+            return Some(conn);
+        }
     }
 
     /// Gives a connection back. A reusable one is reset first (in the
@@ -397,76 +426,92 @@ impl<C: Connector> Pool<C> {
 
     /// Expires idle connections, pings the ones idle for a while, and opens
     /// connections up to `min_idle`. Runs until the pool is dropped.
+    ///
+    /// Every event loop runs one: each looks after the idle connections it
+    /// opened (their sockets belong to its reactor). Loop 0 also keeps
+    /// `min_idle` connections open.
     pub async fn maintain(self) {
         let cfg = self.inner.cfg.clone();
         let tick = Duration::from_millis(
             (cfg.ping_interval_ms.min(cfg.idle_timeout_ms) / 2).clamp(100, 5000),
         );
+        let here = crate::loops::current();
+        let inner = Arc::downgrade(&self.inner);
+        drop(self);
         loop {
             tokio::time::sleep(tick).await;
-            if Arc::strong_count(&self.inner) <= 1 {
+            let Some(inner) = inner.upgrade() else {
                 return;
-            }
-            let now = Instant::now();
-            let (expired, to_ping) = {
-                let Ok(mut idle) = self.inner.idle.lock() else {
-                    return;
-                };
-                let mut expired = Vec::new();
-                let mut to_ping = Vec::new();
-                let mut keep = Vec::new();
-                let total = idle.conns.len();
-                for c in idle.conns.drain(..) {
-                    let age = now.duration_since(c.last_used);
-                    if age >= Duration::from_millis(cfg.idle_timeout_ms)
-                        && total - expired.len() > cfg.min_idle
-                    {
-                        expired.push(c);
-                    } else if now.duration_since(c.last_checked)
-                        >= Duration::from_millis(cfg.ping_interval_ms)
-                    {
-                        to_ping.push(c);
-                    } else {
-                        keep.push(c);
-                    }
-                }
-                idle.conns = keep;
-                (expired, to_ping)
             };
-            drop(expired);
-            for mut c in to_ping {
-                let ping = backend::ping_request();
-                let addr = self.inner.addr.clone();
-                let pinged = timeout(
-                    Duration::from_millis(cfg.connect_timeout_ms),
-                    round_trip(&mut c, &ping, &addr),
-                )
-                .await;
-                if matches!(pinged, Ok(Ok(()))) && c.buf.is_empty() {
-                    c.last_checked = Instant::now();
+            Pool { inner }.maintain_once(here, &cfg).await;
+        }
+    }
+
+    async fn maintain_once(&self, here: usize, cfg: &PoolConfig) {
+        let now = Instant::now();
+        let (expired, to_ping) = {
+            let Ok(mut idle) = self.inner.idle.lock() else {
+                return;
+            };
+            let mut expired = Vec::new();
+            let mut to_ping = Vec::new();
+            let mut keep = Vec::new();
+            let total = idle.conns.len();
+            for c in idle.conns.drain(..) {
+                let age = now.duration_since(c.last_used);
+                if c.home != here {
+                    keep.push(c);
+                } else if age >= Duration::from_millis(cfg.idle_timeout_ms)
+                    && total - expired.len() > cfg.min_idle
+                {
+                    expired.push(c);
+                } else if now.duration_since(c.last_checked)
+                    >= Duration::from_millis(cfg.ping_interval_ms)
+                {
+                    to_ping.push(c);
+                } else {
+                    keep.push(c);
+                }
+            }
+            idle.conns = keep;
+            (expired, to_ping)
+        };
+        drop(expired);
+        for mut c in to_ping {
+            let ping = backend::ping_request();
+            let addr = self.inner.addr.clone();
+            let pinged = timeout(
+                Duration::from_millis(cfg.connect_timeout_ms),
+                round_trip(&mut c, &ping, &addr),
+            )
+            .await;
+            if matches!(pinged, Ok(Ok(()))) && c.buf.is_empty() {
+                c.last_checked = Instant::now();
+                if let Ok(mut idle) = self.inner.idle.lock() {
+                    idle.conns.push(c);
+                }
+            } else {
+                tracing::info!(%addr, "idle backend connection failed its ping; closed");
+            }
+        }
+        if here != 0 {
+            return;
+        }
+        while self.idle_count() < cfg.min_idle {
+            let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
+                break;
+            };
+            let caps = fmt_caps() & server_capabilities();
+            // Pre-opened connections serve the most common client format.
+            match self.open(caps, permit).await {
+                Ok(c) => {
                     if let Ok(mut idle) = self.inner.idle.lock() {
                         idle.conns.push(c);
                     }
-                } else {
-                    tracing::info!(%addr, "idle backend connection failed its ping; closed");
                 }
-            }
-            while self.idle_count() < cfg.min_idle {
-                let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else {
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not open a min_idle connection");
                     break;
-                };
-                let caps = fmt_caps() & server_capabilities();
-                // Pre-opened connections serve the most common client format.
-                match self.open(caps, permit).await {
-                    Ok(c) => {
-                        if let Ok(mut idle) = self.inner.idle.lock() {
-                            idle.conns.push(c);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not open a min_idle connection");
-                        break;
-                    }
                 }
             }
         }

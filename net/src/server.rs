@@ -218,13 +218,28 @@ pub async fn build_shared_seeded<C: Connector>(
     }))
 }
 
-/// Accepts clients until `shutdown` turns true, then lets in-flight
-/// statements finish for up to `drain` before cutting the rest.
+/// Accepts clients until `shutdown` turns true (or its sender is gone),
+/// then lets in-flight statements finish for up to `drain` before cutting
+/// the rest.
 pub async fn serve<L: Listener, C: Connector>(
+    listener: L,
+    shared: Arc<Shared<C>>,
+    shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) where
+    L::Stream: Stream,
+{
+    serve_loop(listener, shared, shutdown, drain, true).await
+}
+
+/// [`serve`] for one of several event loops sharing `shared`: each looks
+/// after its own pooled connections; only the `first` watches replicas.
+pub async fn serve_loop<L: Listener, C: Connector>(
     mut listener: L,
     shared: Arc<Shared<C>>,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
+    first: bool,
 ) where
     L::Stream: Stream,
 {
@@ -235,7 +250,7 @@ pub async fn serve<L: Listener, C: Connector>(
     // Dropped (so aborted) when serving ends.
     let mut watchers = JoinSet::new();
     for (i, b) in shared.topology.backends.iter().enumerate() {
-        if b.role == Role::Replica {
+        if first && b.role == Role::Replica {
             let id = BackendId(i as u16);
             watchers.spawn(replicas::watch_health(shared.clone(), id));
             if shared.track_positions {
@@ -260,8 +275,8 @@ pub async fn serve<L: Listener, C: Connector>(
                 let shutdown = shutdown.clone();
                 tasks.spawn(async move { admit(stream, peer, shared, shutdown).await });
             }
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() { break; }
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() { break; }
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }

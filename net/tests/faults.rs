@@ -253,6 +253,24 @@ async fn client_gone_mid_result_set_and_backend_killed_mid_query() {
     still_works(&env).await;
 }
 
+/// A backend restart leaves the pool's idle connections closed from the far
+/// end: the next client must get a fresh connection, not an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_closed_by_a_backend_restart_are_not_handed_out() {
+    let mut env = Env::start("").await;
+    for _ in 0..2 {
+        let mut c = env.proxy_conn().await;
+        let v: Option<i32> = c.query_first("SELECT 1").await.unwrap();
+        assert_eq!(v, Some(1));
+        c.disconnect().await.unwrap();
+        // The connection is reset and goes back to the idle list.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        env.primary.kill();
+        env.primary.restart().unwrap();
+        still_works(&env).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_down_at_start() {
     let port = free_port().unwrap();
