@@ -22,6 +22,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("cannot start event loop {n}: {source}")]
+    EventLoop { n: usize, source: std::io::Error },
 }
 
 /// A running proxy.
@@ -89,10 +91,7 @@ pub async fn start_with_loops(config: &Config, loops: usize) -> Result<RunningPr
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|source| StartError::Listen {
-                addr: format!("event loop {n}"),
-                source,
-            })?;
+            .map_err(|source| StartError::EventLoop { n, source })?;
         std::thread::Builder::new()
             .name(format!("tessera-loop-{n}"))
             .spawn(move || {
@@ -100,10 +99,7 @@ pub async fn start_with_loops(config: &Config, loops: usize) -> Result<RunningPr
                 runtime.block_on(serve_loop(handoff, shared, rx, drain, false));
                 let _ = finished.send(());
             })
-            .map_err(|source| StartError::Listen {
-                addr: format!("event loop {n}"),
-                source,
-            })?;
+            .map_err(|source| StartError::EventLoop { n, source })?;
         done.push(finished_rx);
     }
     let acceptor = tokio::spawn(accept_and_dispatch(listener, dispatcher, rx.clone()));
