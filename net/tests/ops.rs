@@ -62,6 +62,40 @@ async fn graceful_shutdown_lets_statements_finish() {
     drop(idle);
 }
 
+/// With several event loops, clients are spread over them, and a shutdown
+/// lets the statements in flight on every loop finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_loop_serves_and_drains_on_shutdown() {
+    let mut env = Env::start("").await;
+    env.stop_proxy().await;
+    let cfg = common::config_for(&env.primary.addr(), "shutdown_timeout_ms = 5000");
+    let p = proxy::start_with_loops(&cfg, 3).await.unwrap();
+    let o = opts(p.addr.port(), USER, PASSWORD);
+    let mut running = Vec::new();
+    for n in 0..3i64 {
+        // One client per loop: the acceptor picks the loop serving the fewest.
+        let mut c = mysql_async::Conn::new(o.clone()).await.unwrap();
+        running.push(tokio::spawn(async move {
+            let v: Option<i64> = c
+                .query_first(format!("SELECT SLEEP(1) + {n}"))
+                .await
+                .unwrap();
+            v
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    p.shutdown().await;
+    for (n, r) in running.into_iter().enumerate() {
+        assert_eq!(r.await.unwrap(), Some(n as i64), "statement {n} finished");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        mysql_async::Conn::new(o).await.is_err(),
+        "no longer accepting"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_log_and_slow_log() {
     let dir = tessera_net::mariadbd::scratch_dir("tessera-logs");
